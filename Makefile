@@ -1,0 +1,34 @@
+# One place for the commands the README and CI use.  `make test` works on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXTRAS ?= test,tfds
+
+.PHONY: install demo test test-slow test-notebooks bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/activate
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+
+# The main job on the embedded default data (scikit-learn digits): figures + report in ./runs/demo.
+demo: install
+	$(BIN)/rsim demo --workdir runs/demo
+
+test: install
+	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+test-notebooks:
+	$(MAKE) install EXTRAS=test,tfds,notebooks
+	$(BIN)/python -m pytest -m notebook --nbmake colab
+
+bench: install
+	$(BIN)/python benchmarks/cka_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
