@@ -3,3 +3,19 @@
 Every function takes `(n, d)` arrays: n examples (rows) by d features.  Options are keyword-only.
 Streaming statistics follow `*_init / *_update / *_merge / *_result` with pytree states.
 """
+
+# --- Similarity: Gram matrices, HSIC, CKA (full batch and streamed minibatch) ---
+from rsim_jax.kernels.cka import cka, cka_from_grams, linear_cka_features
+from rsim_jax.kernels.features import center_features, flatten_features
+from rsim_jax.kernels.gram import center_gram, gram_linear, gram_rbf, squared_distances
+from rsim_jax.kernels.hsic import hsic
+from rsim_jax.kernels.minibatch import (
+    MinibatchCKAState,
+    MinibatchHSIC,
+    minibatch_cka_accumulate,
+    minibatch_cka_init,
+    minibatch_cka_merge,
+    minibatch_cka_result,
+    minibatch_cka_update,
+    minibatch_hsic,
+)
