@@ -1,0 +1,62 @@
+"""The `rsim` command.
+
+  rsim cka X.npz [Y.npz] --out DIR      all-layer minibatch CKA heatmap of stored activations
+  rsim demo --workdir DIR               train a small ResNet on scikit-learn digits, CKA heatmap of its layers
+  rsim train --config FILE[:VARIANT] --workdir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+
+def _load_npz_layers(path: str) -> dict:
+  import numpy as np
+
+  with np.load(path, allow_pickle=False) as data:
+    return {name: data[name] for name in data.files}
+
+
+def cmd_cka(args) -> int:
+  from rsim_jax import extract, parallel, plotting
+
+  xs = _load_npz_layers(args.x)
+  ys = _load_npz_layers(args.y) if args.y else None
+  mesh = parallel.data_mesh() if args.sharded else None
+  result = extract.minibatch_cka_of_arrays(xs, ys, batch_size=args.batch_size, mesh=mesh)
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "cka.json").write_text(json.dumps(result.to_json(), indent=1))
+  title = f"minibatch CKA, {result.num_examples} examples"
+  figure = plotting.cka_heatmap(
+      result.matrix.T, out / "cka.png", x_labels=result.x_names, y_labels=result.y_names, title=title,
+      x_name=pathlib.Path(args.x).stem, y_name=pathlib.Path(args.y or args.x).stem,
+  )
+  print(f"wrote {out / 'cka.json'} and {figure}")
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="rsim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  p = sub.add_parser("cka", help="minibatch CKA heatmap of stored activations (.npz: layer name -> (N, ...))")
+  p.add_argument("x", help=".npz of the first model's activations")
+  p.add_argument("y", nargs="?", help=".npz of a second model's activations on the same examples")
+  p.add_argument("--out", default="runs/cka", help="output directory")
+  p.add_argument("--batch-size", type=int, default=256, help="CKA minibatch size (per device when --sharded)")
+  p.add_argument("--sharded", action="store_true", help="split batches over all devices (one minibatch each)")
+  p.set_defaults(func=cmd_cka)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  return args.func(args)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
