@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -161,4 +161,130 @@ def minibatch_cka_of_arrays(
   total = -(-n // global_batch)
   return stream_minibatch_cka(
       split(array_batches(merged, batch_size=global_batch)), mesh=mesh, total=total, progress=progress
+  )
+
+
+# --- Models → layers → accumulators -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelComparison:
+  """What one pass of a split through one or two models gives.
+
+  Attributes:
+    within: per model, its all-pairs within-model `CKAResult`.
+    cross: the `(model 0 layers, model 1 layers)` `CKAResult` for two models, else None.
+    predictions: per model, `(N,)` int predicted class of every example (in split order).
+    labels: `(N,)` true labels.
+  """
+
+  within: tuple[CKAResult, ...]
+  cross: CKAResult | None
+  predictions: tuple[np.ndarray, ...]
+  labels: np.ndarray
+
+  def accuracy(self, model: int = 0) -> float:
+    return float(np.mean(self.predictions[model] == self.labels))
+
+
+def _forward_fn(model):
+  """A pure `(state, images) -> (logits, layers)` for an NNX model in eval mode (BatchNorm running stats)."""
+  from flax import nnx
+
+  model.eval()
+  graphdef, state = nnx.split(model)
+
+  def forward(state, images):
+    return nnx.merge(graphdef, state)(images, capture=True)
+
+  return forward, state
+
+
+def compare_models(
+    models,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    *,
+    layers: Sequence[str] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    total: int | None = None,
+    progress: bool = True,
+) -> ModelComparison:
+  """Streams a split through one or two models once: within- and cross-model minibatch CKA of all layers,
+  and every example's prediction.
+
+  One jit-compiled step per batch runs the forward passes and the CKA updates, so activations never leave
+  the devices; with a mesh the batch is split over its `data` axis and every device's shard is one CKA
+  minibatch (batch size = per-device CKA minibatch × devices).
+
+  Args:
+    models: one NNX model, or a sequence of one or two, each `model(images, capture=True) -> (logits, dict)`.
+      They are switched to eval mode.
+    batches: dicts with "image" `(b, H, W, C)`, "label" `(b,)` and optional "mask" `(b,)` (padding rows False),
+      e.g. from `rsim_jax.data.eval_batches`.
+    layers: names of the captured layers to compare (default: all, in the model's order); with two models
+      the same names must exist in both, or pass None to use each model's own full list.
+    mesh: optional mesh with a `data` axis.
+    total: number of batches, for the progress bar.
+  """
+  if not isinstance(models, (list, tuple)):
+    models = [models]
+  if not 1 <= len(models) <= 2:
+    raise ValueError(f"`models` must be one or two models, got {len(models)}.")
+  forwards = [_forward_fn(m) for m in models]
+  names = [tuple(layers) if layers is not None else tuple(m.layer_names) for m in models]
+  for m, layer_names in zip(models, names):
+    missing = [n for n in layer_names if n not in m.layer_names]
+    if missing:
+      raise ValueError(f"`layers` names {missing} are not captured by {type(m).__name__}; see model.layer_names.")
+  states = [kernels.minibatch_cka_init(len(n)) for n in names]
+  cross = kernels.minibatch_cka_init(len(names[0]), len(names[1])) if len(models) == 2 else None
+  params = tuple(state for _, state in forwards)
+  if mesh is not None:
+    params = jax.device_put(params, parallel.replicated(mesh))
+
+  def update(cka_state, xs, ys, mask):
+    if mesh is None:
+      return kernels.minibatch_cka_accumulate(cka_state, kernels.minibatch._minibatch_hsic(xs, ys, mask, kernels.gram.DEFAULT_PRECISION))
+    return parallel._sharded_update(cka_state, xs, ys, mask, mesh, parallel.DATA_AXIS, kernels.gram.DEFAULT_PRECISION)
+
+  @jax.jit
+  def step(params, states, cross, images, mask):
+    outputs = [fwd(p, images) for (fwd, _), p in zip(forwards, params)]
+    acts = [[out[1][n] for n in layer_names] for out, layer_names in zip(outputs, names)]
+    states = tuple(update(s, a, None, mask) for s, a in zip(states, acts))
+    if cross is not None:
+      cross = update(cross, acts[0], acts[1], mask)
+    predictions = tuple(jax.numpy.argmax(out[0], axis=-1) for out in outputs)
+    return states, cross, predictions
+
+  states = tuple(states)
+  predictions = [[] for _ in models]
+  labels = []
+  num_examples = 0
+  sharding = None if mesh is None else parallel.batch_sharding(mesh)
+  for batch in _progress(batches, total=total, desc="extract + CKA", enabled=progress):
+    images = np.asarray(batch["image"])
+    mask = np.asarray(batch.get("mask", np.ones(len(images), bool)), bool)
+    if mask.sum() < kernels.minibatch.MIN_EXAMPLES:
+      warnings.warn(f"Skipping a batch with {int(mask.sum())} valid examples (< 4, too few for unbiased HSIC).", stacklevel=2)
+      continue
+    if sharding is not None:
+      images, mask_in = jax.device_put((images, mask), sharding)
+    else:
+      mask_in = mask
+    states, cross, preds = step(params, states, cross, images, mask_in)
+    for i, p in enumerate(preds):
+      predictions[i].append(np.asarray(p)[mask])  # (b,) ints: the only per-batch transfer
+    labels.append(np.asarray(batch["label"])[mask])
+    num_examples += int(mask.sum())
+  if not labels:
+    raise ValueError("`batches` was empty: nothing to compare.")
+
+  def result(state, x_names, y_names):
+    return CKAResult(np.asarray(kernels.minibatch_cka_result(state)), x_names, y_names, int(state.num_batches), num_examples)
+
+  within = tuple(result(s, n, n) for s, n in zip(states, names))
+  cross_result = result(cross, names[0], names[1]) if cross is not None else None
+  return ModelComparison(
+      within, cross_result, tuple(np.concatenate(p) for p in predictions), np.concatenate(labels)
   )
