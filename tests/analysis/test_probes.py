@@ -4,11 +4,12 @@ import pytest
 from rsim_jax.analysis import probes
 
 
-def _data(rng, n, d, informative):
+def _data(rng, n, d, informative, seed=123):
   labels = rng.integers(0, 3, n)
   x = rng.standard_normal((n, d))
-  if informative:  # class signal spread over 30 directions, as in a real layer
-    x[:, :30] += 1.5 * np.repeat(np.eye(3)[labels], 10, axis=1)
+  if informative:  # class means 4 noise-s.d. apart along fixed random directions (same for train and test)
+    means = np.random.default_rng(seed).standard_normal((3, d))
+    x += 4.0 * (means / np.linalg.norm(means, axis=1, keepdims=True))[labels]
   return x.astype(np.float32), labels
 
 
