@@ -13,9 +13,9 @@ $(BIN)/activate:
 install: $(BIN)/activate
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 
-# The main job on the embedded default data (scikit-learn digits): figures + report in ./runs/demo.
+# The main job on the embedded default data (scikit-learn digits): figures + report.md in runs/wide_deep_local.
 demo: install
-	$(BIN)/rsim demo --workdir runs/demo
+	$(BIN)/rsim study wide_deep --config local --workdir runs/wide_deep_local
 
 test: install
 	$(BIN)/python -m pytest -n 2 --dist loadfile

@@ -1,8 +1,8 @@
 """The `rsim` command.
 
   rsim cka X.npz [Y.npz] --out DIR      all-layer minibatch CKA heatmap of stored activations
-  rsim demo --workdir DIR               train a small ResNet on scikit-learn digits, CKA heatmap of its layers
-  rsim train --config FILE[:VARIANT] --workdir DIR
+  rsim study wide_deep --config local --workdir DIR   a study end to end (train, extract, analyse, report)
+  rsim train --config FILE[:VARIANT] --workdir DIR    one training run (see `python -m rsim_jax.train -h`)
 """
 
 from __future__ import annotations
@@ -39,6 +39,22 @@ def cmd_cka(args) -> int:
   return 0
 
 
+def cmd_study(args) -> int:
+  import importlib
+
+  module = importlib.import_module(f"rsim_jax.studies.{args.name}")
+  cfg = module.get_config(args.config)
+  report = module.run(cfg, args.workdir or f"runs/{args.name}_{args.config}")
+  print(f"wrote {report}")
+  return 0
+
+
+def cmd_train(args) -> int:
+  from rsim_jax.train.__main__ import main as train_main
+
+  return train_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="rsim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--batch-size", type=int, default=256, help="CKA minibatch size (per device when --sharded)")
   p.add_argument("--sharded", action="store_true", help="split batches over all devices (one minibatch each)")
   p.set_defaults(func=cmd_cka)
+
+  from rsim_jax.studies import STUDIES
+
+  p = sub.add_parser("study", help="run (or resume) a study end to end")
+  p.add_argument("name", choices=STUDIES)
+  p.add_argument("--config", default="local", help="the study's variant (e.g. local, cifar10)")
+  p.add_argument("--workdir", default=None, help="output directory (default runs/NAME_CONFIG)")
+  p.set_defaults(func=cmd_study)
+
+  p = sub.add_parser("train", help="one training run; arguments as `python -m rsim_jax.train`", add_help=False)
+  p.add_argument("rest", nargs=argparse.REMAINDER)
+  p.set_defaults(func=cmd_train)
   return parser
 
 
