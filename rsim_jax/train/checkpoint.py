@@ -1,0 +1,71 @@
+"""Orbax checkpoints of the training state: periodic saves, keep-k, restore of the latest (or a given) step.
+
+A checkpoint holds the whole `TrainState` pytree (`step`, `params`, `model_state` = BatchNorm statistics,
+`opt_state`) plus a small JSON `meta` (epoch, data position). The data order and augmentation are functions
+of `(seed, step)`, so restoring the step restores every random stream, and a resumed run continues exactly
+where the interrupted one stood.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class Checkpointer:
+  """A thin wrapper of `orbax.checkpoint.CheckpointManager` under `workdir/checkpoints`.
+
+  Saves are asynchronous (training continues while the arrays are written); `close()` waits for them.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, async_save: bool = True):
+    self.directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+    )
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+    if step in self.manager.all_steps():
+      return
+    self.manager.save(
+        int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        force=True,
+    )
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """Restores `step` (default: the latest) into the structure, dtypes and shardings of `abstract_state`
+    (a pytree of `jax.ShapeDtypeStruct`)."""
+    step = self.latest_step() if step is None else int(step)
+    if step is None or step not in self.manager.all_steps():
+      raise FileNotFoundError(
+          f"No checkpoint{'' if step is None else f' at step {step}'} in {self.directory} "
+          f"(available steps: {self.all_steps()})."
+      )
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+    )
+    return restored["state"], restored["meta"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_like(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
+  """`jax.ShapeDtypeStruct`s of `tree`'s arrays, placed with `sharding` when given."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

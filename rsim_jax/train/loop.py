@@ -1,0 +1,407 @@
+"""The training loop: data-parallel SGD of an NNX model with Orbax checkpoints, JSONL metrics and resume.
+
+    from rsim_jax.train import TrainConfig, train, load_model
+    final = train(TrainConfig(model="resnet", model_kwargs={"depth": 20}, data="digits"), "runs/r20")
+    model, config = load_model("runs/r20")          # eval mode, weights of the last checkpoint
+
+Parallelism: one `jax.jit`-compiled step over the whole global batch, the batch split along the "data" axis
+of a mesh of all devices (`rsim_jax.parallel.data_mesh`) and the state replicated. The step is written for the
+global batch, so BatchNorm statistics, the loss and the gradients are those of the global batch: 8 devices
+compute what 1 device computes (up to the order of floating-point sums).
+
+Work directory layout:
+    config.json           the `TrainConfig`
+    metrics.jsonl         one JSON object per line (train: loss, accuracy, lr, images/s; test: loss, accuracy)
+    checkpoints/<step>/   Orbax checkpoints (params, BatchNorm statistics, optimizer state, step)
+    run_info.json         what the model and schedule took from the data (image shape, classes, steps)
+    final_metrics.json    written when the run completes
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from rsim_jax import models, parallel
+from rsim_jax.train import optim
+from rsim_jax.train.checkpoint import Checkpointer, abstract_like
+from rsim_jax.train.config import TrainConfig
+from rsim_jax.train.metrics import MetricsWriter
+
+CONFIG_FILE = "config.json"
+FINAL_FILE = "final_metrics.json"
+RUN_INFO_FILE = "run_info.json"
+
+# The train state is a plain dict of arrays, so that it jits, shards and checkpoints as one pytree:
+#   step: int32 scalar; params: pure dict of nnx.Param values; model_state: pure dict of the other model
+#   variables (BatchNorm running statistics); opt_state: optax state.
+TrainState = dict
+
+
+# --- Model and state ---
+
+
+def build_model(config: TrainConfig, image_shape, num_classes: int) -> nnx.Module:
+  """The config's model for images of `image_shape` (H, W, C) and `num_classes`, initialised from `seed`."""
+  return models.build(
+      config.model, {**config.model_kwargs, "dtype": config.dtype}, rngs=nnx.Rngs(config.seed),
+      image_shape=image_shape, num_classes=num_classes,
+  )
+
+
+class Program:
+  """The pure functions of a run: the model's train/eval graph definitions and the optimizer.
+
+  `init_state()` makes the initial `TrainState`; `train_step(state, batch)` and `eval_step(params,
+  model_state, batch)` are jit-compiled and run on whatever mesh the arrays live on.
+  """
+
+  def __init__(self, config: TrainConfig, image_shape, num_classes: int, *, total_steps: int, warmup_steps: int):
+    self.config = config
+    self.image_shape, self.num_classes = tuple(int(s) for s in image_shape), int(num_classes)
+    self.schedule = optim.learning_rate_schedule(config, total_steps, warmup_steps)
+    self.tx = optim.make_optimizer(config, self.schedule)
+    model = nnx.eval_shape(lambda: build_model(config, self.image_shape, self.num_classes))
+    model.train()
+    self.train_graphdef = nnx.graphdef(model)
+    model.eval()
+    self.eval_graphdef = nnx.graphdef(model)
+    self.train_step = jax.jit(self._train_step, donate_argnums=0)
+    self.eval_step = jax.jit(self._eval_step)
+
+  def init_state(self) -> TrainState:
+    """The initial state (one compiled call: initialisation is many small random draws)."""
+    return jax.jit(self._init_state)()
+
+  def _init_state(self) -> TrainState:
+    model = build_model(self.config, self.image_shape, self.num_classes)
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": rest,
+            "opt_state": self.tx.init(params)}
+
+  def abstract_state(self, sharding=None) -> TrainState:
+    return abstract_like(jax.eval_shape(self._init_state), sharding)
+
+  def model(self, params, model_state, *, train: bool = False) -> nnx.Module:
+    """An NNX model holding `params` and `model_state` (eval mode unless `train`)."""
+    return nnx.merge(self.train_graphdef if train else self.eval_graphdef, params, model_state)
+
+  def _train_step(self, state: TrainState, batch: dict[str, jax.Array]):
+    labels = batch["label"]
+
+    def loss_fn(params):
+      model = nnx.merge(self.train_graphdef, params, state["model_state"])
+      logits = model(batch["image"])
+      loss = jnp.mean(optim.cross_entropy(logits, labels, self.config.label_smoothing))
+      _, _, new_model_state = nnx.split(model, nnx.Param, ...)
+      return loss, (logits, nnx.to_pure_dict(new_model_state))
+
+    (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+        "lr": self.schedule(state["step"]),
+    }
+    new_state = {"step": state["step"] + 1, "params": params, "model_state": model_state, "opt_state": opt_state}
+    return new_state, metrics
+
+  def _eval_step(self, params, model_state, batch):
+    model = nnx.merge(self.eval_graphdef, params, model_state)
+    logits = model(batch["image"])
+    mask = batch["mask"].astype(jnp.float32)
+    loss = optim.cross_entropy(logits, batch["label"])
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    return {"loss": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
+
+
+# --- Data ---
+
+
+def _data():
+  """`rsim_jax.data`, imported on use (tests substitute a stand-in with the same four functions)."""
+  from rsim_jax import data  # noqa: PLC0415
+
+  return data
+
+
+def _subset(ds, subset: int | float | None, seed: int):
+  """A seeded random subset of the training set: `subset` examples, or that fraction of them."""
+  if subset is None:
+    return ds
+  n = len(ds.labels)
+  k = subset if isinstance(subset, int) else max(1, int(round(subset * n)))
+  if k > n:
+    raise ValueError(f"train_subset={subset} asks for {k} examples but the training split has {n}.")
+  if k == n:
+    return ds
+  data = _data()
+  if hasattr(data, "subset"):
+    return data.subset(ds, k, seed=seed)
+  idx = np.sort(np.random.default_rng(seed).permutation(n)[:k])
+  return ds.select(idx) if hasattr(ds, "select") else type(ds)(**{**vars(ds), "images": ds.images[idx],
+                                                                  "labels": ds.labels[idx]})
+
+
+def _to_global(batch, mesh):
+  data = _data()
+  if hasattr(data, "to_global"):
+    return data.to_global(batch, mesh)
+  return parallel.shard_batch(batch, mesh)
+
+
+def _train_iterator(ds, config: TrainConfig, start_step: int) -> Iterator[dict]:
+  """Endless training batches from `start_step` on (restarts the data package's iterator if it ends)."""
+  step = start_step
+  while True:
+    produced = 0
+    for batch in _data().train_batches(
+        ds, batch_size=config.batch_size, seed=config.seed, augment=config.augment, start_step=step,
+    ):
+      produced += 1
+      yield batch
+    if produced == 0:
+      raise RuntimeError("The training batch iterator produced no batches.")
+    step += produced
+
+
+def evaluate(program: Program, params, model_state, ds, *, batch_size: int, mesh) -> dict[str, float]:
+  """Mean loss, accuracy and error count of the eval-mode model over all of `ds` (padding masked out)."""
+  totals = None
+  for batch in _data().eval_batches(ds, batch_size=batch_size):
+    out = program.eval_step(params, model_state, _to_global(batch, mesh))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  if totals is None:
+    raise ValueError("The evaluation split is empty.")
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  return {
+      "loss": float(totals["loss"]) / count,
+      "accuracy": float(totals["correct"]) / count,
+      "errors": int(round(count - float(totals["correct"]))),
+      "count": int(count),
+  }
+
+
+# --- The loop ---
+
+
+def _check_workdir_config(workdir: pathlib.Path, config: TrainConfig) -> None:
+  path = workdir / CONFIG_FILE
+  if path.exists():
+    saved = TrainConfig.from_json(path.read_text())
+    ignore = {"progress"}
+    differ = sorted(k for k, v in config.to_dict().items() if k not in ignore and saved.to_dict()[k] != v)
+    if differ:
+      raise ValueError(
+          f"{workdir} holds a run with a different config (fields {differ} differ); use a new work "
+          "directory, or delete this one to start over."
+      )
+  path.write_text(config.to_json() + "\n")
+
+
+def _interval(value: int | None, steps_per_epoch: int) -> int:
+  return steps_per_epoch if value is None else int(value)
+
+
+def train(
+    config: TrainConfig, workdir: str | pathlib.Path, *, stop_after_step: int | None = None,
+) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+
+  Args:
+    config: the run.
+    workdir: directory for config.json, metrics.jsonl, checkpoints/ and final_metrics.json.
+    stop_after_step: stop right after this step without saving anything more, as if the process were
+      killed there (for resume tests); the returned dict then has `"interrupted": True`.
+
+  Returns:
+    The final metrics: `step`, `epoch`, `test_loss`, `test_accuracy`, `train_loss`/`train_accuracy` (mean over
+    the last logging window), `images_per_sec`, and with `until_zero_train_error` `train_errors` (on the whole
+    training set, eval mode) and `reached_zero_train_error`.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  _check_workdir_config(workdir, config)
+  data = _data()
+
+  mesh = parallel.data_mesh(config.num_devices)
+  num_devices = mesh.shape[parallel.DATA_AXIS]
+  for name in ("batch_size", "eval_batch_size"):
+    if getattr(config, name) % num_devices:
+      raise ValueError(
+          f"{name}={getattr(config, name)} does not divide over the {num_devices} devices of the data mesh; "
+          f"choose a multiple of {num_devices} or set num_devices."
+      )
+
+  train_ds = _subset(data.load(config.data, config.train_split, **config.data_kwargs), config.train_subset,
+                     config.seed)
+  eval_ds = data.load(config.data, config.eval_split, **config.data_kwargs)
+  num_train = len(train_ds.labels)
+  steps_per_epoch = config.steps_per_epoch(num_train)
+  total_steps = config.total_steps(num_train)
+  max_steps = config.max_steps(num_train)
+  warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+  info = {"image_shape": [int(s) for s in train_ds.images.shape[1:]], "num_classes": int(train_ds.num_classes),
+          "num_train": num_train, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+          "warmup_steps": warmup_steps, "num_devices": num_devices}
+  (workdir / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+  program = Program(config, info["image_shape"], info["num_classes"], total_steps=total_steps,
+                    warmup_steps=warmup_steps)
+
+  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+  writer = MetricsWriter(workdir)
+  replicated = parallel.replicated(mesh)
+  final_path = workdir / FINAL_FILE
+  try:
+    with jax.set_mesh(mesh):
+      if ckpt.latest_step() is not None:
+        state, _ = ckpt.restore(program.abstract_state(replicated))
+        start = int(state["step"])
+        if final_path.exists():
+          final = json.loads(final_path.read_text())
+          if final["step"] == start:
+            return final
+        writer.truncate_after(start)
+      else:
+        state = jax.device_put(program.init_state(), replicated)
+        start = 0
+        writer.truncate_after(-1)
+      final = _run(config, program, state, start, train_ds, eval_ds, mesh=mesh, ckpt=ckpt, writer=writer,
+                   steps_per_epoch=steps_per_epoch, total_steps=total_steps, max_steps=max_steps,
+                   stop_after_step=stop_after_step)
+  finally:
+    ckpt.close()
+  if not final.get("interrupted"):
+    final_path.write_text(json.dumps(final, indent=2) + "\n")
+  return final
+
+
+def _run(config, program, state, start, train_ds, eval_ds, *, mesh, ckpt, writer, steps_per_epoch, total_steps,
+         max_steps, stop_after_step) -> dict[str, Any]:
+  from tqdm.auto import tqdm  # noqa: PLC0415
+
+  eval_every = _interval(config.eval_every_steps, steps_per_epoch)
+  ckpt_every = _interval(config.checkpoint_every_steps, steps_per_epoch)
+  step = start
+  window: list[dict] = []
+  train_summary: dict[str, float] = {}
+  window_start = time.perf_counter()
+  bar = tqdm(total=max_steps, initial=start, disable=not config.progress, unit="step", dynamic_ncols=True,
+             desc=f"{config.model} on {config.data}")
+  test: dict[str, float] = {}
+  train_eval: dict[str, Any] = {}
+  evaluated = {"test": -1, "train_full": -1}  # the step each was last computed at
+  batches = _train_iterator(train_ds, config, start)
+
+  def save():
+    ckpt.save(step, state, {"step": step, "epoch": step / steps_per_epoch})
+
+  def log_train():
+    nonlocal window, window_start, train_summary
+    if not window:
+      return
+    values = jax.device_get(window)
+    elapsed = time.perf_counter() - window_start
+    train_summary = {
+        "loss": float(np.mean([v["loss"] for v in values])),
+        "accuracy": float(np.mean([v["accuracy"] for v in values])),
+        "lr": float(values[-1]["lr"]),
+        "images_per_sec": len(values) * config.batch_size / max(elapsed, 1e-9),
+    }
+    writer.write(step, "train", {"epoch": step / steps_per_epoch, **train_summary})
+    bar.set_postfix(loss=f"{train_summary['loss']:.3f}", acc=f"{train_summary['accuracy']:.3f}",
+                    img_s=f"{train_summary['images_per_sec']:.0f}", refresh=False)
+    window, window_start = [], time.perf_counter()
+
+  def run_eval(split: str):
+    nonlocal test, train_eval, window_start
+    if evaluated[split] == step:
+      return
+    began = time.perf_counter()
+    ds = eval_ds if split == "test" else train_ds
+    result = evaluate(program, state["params"], state["model_state"], ds, batch_size=config.eval_batch_size,
+                      mesh=mesh)
+    writer.write(step, config.eval_split if split == "test" else split, {"epoch": step / steps_per_epoch, **result})
+    evaluated[split] = step
+    if split == "test":
+      test = result
+    else:
+      train_eval = result
+    window_start += time.perf_counter() - began  # images/s counts training time only
+
+  try:
+    while step < max_steps:
+      if step >= total_steps and step % steps_per_epoch == 0:
+        # until_zero_train_error: past the schedule's horizon, check the whole training set each epoch.
+        log_train()
+        run_eval("train_full")
+        if train_eval["errors"] == 0:
+          break
+      state, metrics = program.train_step(state, _to_global(next(batches), mesh))
+      step += 1
+      window.append(metrics)
+      bar.update(1)
+      if step % config.log_every_steps == 0:
+        log_train()
+      if eval_every and step % eval_every == 0:
+        run_eval("test")
+      if ckpt_every and step % ckpt_every == 0:
+        save()
+      if stop_after_step is not None and step >= stop_after_step:
+        ckpt.wait()
+        return {"step": step, "interrupted": True}
+    log_train()
+    if config.until_zero_train_error:
+      run_eval("train_full")
+    run_eval("test")
+    save()
+  finally:
+    bar.close()
+  final = {
+      "step": step,
+      "epoch": step / steps_per_epoch,
+      "test_loss": test["loss"],
+      "test_accuracy": test["accuracy"],
+      **{f"train_{k}": v for k, v in train_summary.items()},
+  }
+  if config.until_zero_train_error:
+    final["train_errors"] = train_eval["errors"]
+    final["reached_zero_train_error"] = train_eval["errors"] == 0
+  return final
+
+
+def load_model(workdir: str | pathlib.Path, *, step: int | None = None) -> tuple[nnx.Module, TrainConfig]:
+  """Rebuilds a trained model from its work directory: `(model, config)`.
+
+  The model is made from the saved `config.json` and `run_info.json` and given the weights and BatchNorm
+  statistics of the checkpoint at `step` (default: the latest). It is returned in eval mode (running
+  BatchNorm statistics), ready for `model(x, capture=True)`, on the default device.
+  """
+  workdir = pathlib.Path(workdir)
+  for name in (CONFIG_FILE, RUN_INFO_FILE):
+    if not (workdir / name).exists():
+      raise FileNotFoundError(f"{workdir / name} not found; is {workdir} the work directory of a `train` run?")
+  config = TrainConfig.from_json((workdir / CONFIG_FILE).read_text())
+  info = json.loads((workdir / RUN_INFO_FILE).read_text())
+  program = Program(config, info["image_shape"], info["num_classes"], total_steps=info["total_steps"],
+                    warmup_steps=info["warmup_steps"])
+  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+  try:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    state, _ = ckpt.restore(program.abstract_state(device), step)
+  finally:
+    ckpt.close()
+  return program.model(state["params"], state["model_state"]), config
