@@ -19,8 +19,8 @@ Work directory layout:
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import pathlib
 import time
 from collections.abc import Callable, Iterator
@@ -138,7 +138,9 @@ def _data():
 
 
 def _subset(ds, subset: int | float | None, seed: int):
-  """A seeded random subset of the training set: `subset` examples, or that fraction of them."""
+  """A seeded random subset of the training set: `subset` examples, or that fraction of them (kept in their
+  original order). Uses the data package's `select(ds, indices)` when it has one, else replaces the
+  `images` and `labels` of the dataset (a dataclass)."""
   if subset is None:
     return ds
   n = len(ds.labels)
@@ -147,12 +149,11 @@ def _subset(ds, subset: int | float | None, seed: int):
     raise ValueError(f"train_subset={subset} asks for {k} examples but the training split has {n}.")
   if k == n:
     return ds
-  data = _data()
-  if hasattr(data, "subset"):
-    return data.subset(ds, k, seed=seed)
   idx = np.sort(np.random.default_rng(seed).permutation(n)[:k])
-  return ds.select(idx) if hasattr(ds, "select") else type(ds)(**{**vars(ds), "images": ds.images[idx],
-                                                                  "labels": ds.labels[idx]})
+  data = _data()
+  if hasattr(data, "select"):
+    return data.select(ds, idx)
+  return dataclasses.replace(ds, images=ds.images[idx], labels=ds.labels[idx])
 
 
 def _to_global(batch, mesh):
@@ -202,7 +203,7 @@ def _check_workdir_config(workdir: pathlib.Path, config: TrainConfig) -> None:
   path = workdir / CONFIG_FILE
   if path.exists():
     saved = TrainConfig.from_json(path.read_text())
-    ignore = {"progress"}
+    ignore = {"progress", "num_devices"}  # a run may resume on another machine
     differ = sorted(k for k, v in config.to_dict().items() if k not in ignore and saved.to_dict()[k] != v)
     if differ:
       raise ValueError(
@@ -344,12 +345,6 @@ def _run(config, program, state, start, train_ds, eval_ds, *, mesh, ckpt, writer
 
   try:
     while step < max_steps:
-      if step >= total_steps and step % steps_per_epoch == 0:
-        # until_zero_train_error: past the schedule's horizon, check the whole training set each epoch.
-        log_train()
-        run_eval("train_full")
-        if train_eval["errors"] == 0:
-          break
       state, metrics = program.train_step(state, _to_global(next(batches), mesh))
       step += 1
       window.append(metrics)
@@ -358,11 +353,20 @@ def _run(config, program, state, start, train_ds, eval_ds, *, mesh, ckpt, writer
         log_train()
       if eval_every and step % eval_every == 0:
         run_eval("test")
+      fitted = False
+      if config.until_zero_train_error and step >= total_steps and step % steps_per_epoch == 0:
+        # Past the schedule's horizon, check the whole training set once an epoch (before the checkpoint,
+        # so that a resumed run's metrics.jsonl reads like an uninterrupted one's).
+        log_train()
+        run_eval("train_full")
+        fitted = train_eval["errors"] == 0
       if ckpt_every and step % ckpt_every == 0:
         save()
       if stop_after_step is not None and step >= stop_after_step:
         ckpt.wait()
         return {"step": step, "interrupted": True}
+      if fitted:
+        break
     log_train()
     if config.until_zero_train_error:
       run_eval("train_full")

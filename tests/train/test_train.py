@@ -163,3 +163,16 @@ def test_resnet20_on_digits_reaches_95_percent(tmp_path):
                        augment=False, progress=False)
   final = train(config, tmp_path)
   assert final["test_accuracy"] >= 0.95, final
+
+
+def test_train_subset_and_bfloat16_step(fake_data_package, tmp_path):
+  config = TrainConfig(**{**SMALL, "batch_size": 16, "model": "mlp", "model_kwargs": {"hidden": (16,)}},
+                       train_subset=0.5, num_steps=2, dtype="bfloat16")
+  final = train(config, tmp_path)
+  info = json.loads((tmp_path / "run_info.json").read_text())
+  assert info["num_train"] == 96 and info["steps_per_epoch"] == 6
+  model, _ = load_model(tmp_path)
+  from flax import nnx
+
+  assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {np.dtype("float32")}
+  assert np.isfinite(final["test_loss"]) and final["step"] == 2
