@@ -17,7 +17,7 @@ from rsim_jax.train import TrainConfig
 def get_config(variant: str = "local") -> TrainConfig:
   if variant == "local":
     return TrainConfig(model="resnet", model_kwargs={"depth": 20, "width": 1, "zero_init_last_bn": True},
-                       data="digits", batch_size=64, eval_batch_size=128, num_epochs=30, lr=0.1,
+                       data="digits", batch_size=64, eval_batch_size=128, num_epochs=15, lr=0.1,
                        warmup_epochs=1, weight_decay=5e-4, augment=False)
   if variant == "cifar10":
     return TrainConfig(model="resnet", model_kwargs={"depth": 56, "width": 1}, data="cifar10", batch_size=128,

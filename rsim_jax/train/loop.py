@@ -19,7 +19,6 @@ Work directory layout:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 import time
@@ -131,36 +130,24 @@ class Program:
 
 
 def _data():
-  """`rsim_jax.data`, imported on use (tests substitute a stand-in with the same four functions)."""
+  """`rsim_jax.data`, imported on use (tests substitute a stand-in with the same functions: `load`,
+  `subsample`, `train_batches`, `eval_batches`, `to_global`)."""
   from rsim_jax import data  # noqa: PLC0415
 
   return data
 
 
 def _subset(ds, subset: int | float | None, seed: int):
-  """A seeded random subset of the training set: `subset` examples, or that fraction of them (kept in their
-  original order). Uses the data package's `select(ds, indices)` when it has one, else replaces the
-  `images` and `labels` of the dataset (a dataclass)."""
+  """`train_subset` of the training split: `data.subsample`'s class-balanced, seeded subset of that many
+  examples (int) or that fraction (float); smaller subsets of one seed are nested in larger ones."""
   if subset is None:
     return ds
-  n = len(ds.labels)
-  k = subset if isinstance(subset, int) else max(1, int(round(subset * n)))
-  if k > n:
-    raise ValueError(f"train_subset={subset} asks for {k} examples but the training split has {n}.")
-  if k == n:
-    return ds
-  idx = np.sort(np.random.default_rng(seed).permutation(n)[:k])
-  data = _data()
-  if hasattr(data, "select"):
-    return data.select(ds, idx)
-  return dataclasses.replace(ds, images=ds.images[idx], labels=ds.labels[idx])
+  key = "fraction" if isinstance(subset, float) else "count"
+  return _data().subsample(ds, **{key: subset}, seed=seed)
 
 
 def _to_global(batch, mesh):
-  data = _data()
-  if hasattr(data, "to_global"):
-    return data.to_global(batch, mesh)
-  return parallel.shard_batch(batch, mesh)
+  return _data().to_global(batch, mesh)
 
 
 def _train_iterator(ds, config: TrainConfig, start_step: int) -> Iterator[dict]:

@@ -31,6 +31,13 @@ def load(spec: str, split: str, *, size: int = 8, channels: int = 1, num_classes
   return ArrayDataset(images, labels, num_classes)
 
 
+def subsample(ds, *, fraction=None, count=None, seed):
+  n = len(ds.labels)
+  count = count if count is not None else max(1, int(round(fraction * n)))
+  idx = np.sort(np.random.default_rng(seed).permutation(n)[:count])
+  return dataclasses.replace(ds, images=ds.images[idx], labels=ds.labels[idx])
+
+
 def _normalise(images):
   return images.astype(np.float32) / 255.0 - 0.5
 

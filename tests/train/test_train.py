@@ -48,15 +48,14 @@ def test_data_parallel_step_on_8_devices_equals_1_device():
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
   """An uninterrupted 12-step run (2 epochs of 6 steps, checkpoints every 4 steps)."""
-  mp = pytest.MonkeyPatch()
   from rsim_jax.train import loop
 
-  mp.setattr(loop, "_data", lambda: fake_data)
   config = TrainConfig(**SMALL, num_epochs=2, checkpoint_every_steps=4, warmup_epochs=0.5)
   workdir = tmp_path_factory.mktemp("full")
-  final = train(config, workdir)
-  yield config, workdir, final
-  mp.undo()
+  with pytest.MonkeyPatch.context() as mp:  # only around this run: later tests may use the real package
+    mp.setattr(loop, "_data", lambda: fake_data)
+    final = train(config, workdir)
+  return config, workdir, final
 
 
 def test_run_writes_metrics_config_and_checkpoints(full_run):
@@ -155,12 +154,24 @@ def test_command_line_entry_point(fake_data_package, tmp_path, capsys):
   assert saved.lr == 0.01 and saved.num_steps == 2
 
 
+def test_with_the_real_data_package_on_digits(tmp_path):
+  """`train` against `rsim_jax.data` itself (scikit-learn digits, embedded): subsets, batches, masks, shapes."""
+  config = TrainConfig(model="mlp", model_kwargs={"hidden": (32,)}, data="digits", train_subset=400,
+                       batch_size=64, eval_batch_size=128, num_steps=12, lr=0.05, progress=False)
+  final = train(config, tmp_path)
+  info = json.loads((tmp_path / "run_info.json").read_text())
+  assert info["image_shape"] == [8, 8, 1] and info["num_classes"] == 10 and info["num_train"] == 400
+  assert final["step"] == 12 and final["test_accuracy"] > 0.5
+  model, _ = load_model(tmp_path)
+  assert model.in_features == 64
+
+
 @pytest.mark.slow
 def test_resnet20_on_digits_reaches_95_percent(tmp_path):
-  pytest.importorskip("rsim_jax.data")
-  config = TrainConfig(model="resnet", model_kwargs={"depth": 20}, data="digits", batch_size=64,
-                       eval_batch_size=128, num_epochs=30, lr=0.1, warmup_epochs=1, weight_decay=5e-4,
-                       augment=False, progress=False)
+  from rsim_jax.train import load_config
+
+  config = load_config("experiments/train_configs/resnet_digits.py:local").replace(progress=False)
+  assert config.model_kwargs["depth"] == 20 and config.data == "digits"
   final = train(config, tmp_path)
   assert final["test_accuracy"] >= 0.95, final
 
