@@ -25,7 +25,8 @@ test-slow: install
 
 test-notebooks:
 	$(MAKE) install EXTRAS=test,tfds,notebooks
-	$(BIN)/python -m pytest -m notebook --nbmake colab
+	RSIM_NOTEBOOK_TINY=1 RSIM_NOTEBOOK_WORKDIR=$$(mktemp -d) $(BIN)/python -m pytest -p no:cacheprovider \
+	  -o addopts="" --nbmake colab/
 
 bench: install
 	$(BIN)/python benchmarks/cka_bench.py

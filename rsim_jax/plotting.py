@@ -76,13 +76,19 @@ def cka_heatmap_grid(
     matrices: Sequence[Sequence[np.ndarray | None]],
     path,
     *,
-    row_titles: Sequence[str],
-    col_titles: Sequence[str],
+    titles: Sequence[Sequence[str]],
+    row_labels: Sequence[str] | None = None,
     suptitle: str | None = None,
 ) -> pathlib.Path:
-  """A grid of CKA heatmaps (e.g. depth × width, Nguyen et al. 2021, Fig. 2); None leaves a cell empty."""
+  """A grid of CKA heatmaps (e.g. depth × width, Nguyen et al. 2021, Fig. 2); None leaves a cell empty.
+
+  Args:
+    matrices: rows of `(L, L)` CKA matrices (rows may differ in length).
+    titles: a title per matrix, same layout.
+    row_labels: optional label of each row (e.g. "depth", "width").
+  """
   rows, cols = len(matrices), max(len(r) for r in matrices)
-  fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.3 * rows), squeeze=False)
+  fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols + 0.8, 2.4 * rows), squeeze=False)
   image = None
   for i, row in enumerate(matrices):
     for j in range(cols):
@@ -91,13 +97,11 @@ def cka_heatmap_grid(
       if m is None:
         ax.axis("off")
         continue
-      image = _draw_heatmap(ax, m, x_labels=None, y_labels=None, title=None)
+      image = _draw_heatmap(ax, m, x_labels=None, y_labels=None, title=titles[i][j])
       ax.set_xticks([])
       ax.set_yticks([])
-      if i == 0:
-        ax.set_title(col_titles[j], fontsize=9)
-      if j == 0:
-        ax.set_ylabel(row_titles[i], fontsize=9)
+      if j == 0 and row_labels is not None:
+        ax.set_ylabel(row_labels[i], fontsize=9)
   if image is not None:
     fig.colorbar(image, ax=axes, fraction=0.02, pad=0.02, label="CKA")
   if suptitle:

@@ -163,17 +163,18 @@ def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path,
 
 
 def _grid_figure(results: dict[str, dict], specs: Sequence[ModelSpec], key: str, path: pathlib.Path, title: str):
+  """Row 1: the depths at width 1; row 2: the widths (the paper's Figure 1/2 layout)."""
   depth_specs = [s for s in specs if s.width == 1]
-  width_specs = [s for s in specs if s.width != 1 or s.depth not in {d.depth for d in depth_specs}]
-  rows = [[np.array(results[s.name][key]) for s in depth_specs]]
-  titles = [[f"ResNet-{s.depth} ×{s.width}" for s in depth_specs]]
-  if width_specs:
-    rows.append([np.array(results[s.name][key]) for s in width_specs])
-    titles.append([f"ResNet-{s.depth} ×{s.width}" for s in width_specs])
-  cols = max(len(r) for r in rows)
-  col_titles = [" / ".join(t[j] for t in titles if j < len(t)) for j in range(cols)]
-  return plotting.cka_heatmap_grid(rows, path, row_titles=["depth", "width"][: len(rows)], col_titles=col_titles,
-                                   suptitle=title)
+  width_specs = [s for s in specs if s.width != 1]
+  groups = [("depth", depth_specs), ("width", width_specs)]
+  groups = [(label, group) for label, group in groups if group]
+  return plotting.cka_heatmap_grid(
+      [[np.array(results[s.name][key]) for s in group] for _, group in groups],
+      path,
+      titles=[[f"ResNet-{s.depth} ×{s.width}" for s in group] for _, group in groups],
+      row_labels=[label for label, _ in groups],
+      suptitle=title,
+  )
 
 
 def run(cfg: WideDeepConfig, workdir: str | pathlib.Path) -> pathlib.Path:
