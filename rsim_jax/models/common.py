@@ -133,11 +133,41 @@ class Recorder:
     return logits, self.acts
 
 
-def nearest_valid(depth: int, valid: Callable[[int], bool], lo: int) -> tuple[int, ...]:
-  """The nearest valid depths below and above `depth` (for error messages)."""
-  below = next((d for d in range(depth - 1, lo - 1, -1) if valid(d)), None)
-  above = next(d for d in range(max(depth + 1, lo), depth + 100) if valid(d))
-  return tuple(d for d in (below, above) if d is not None)
+def check_depth(depth: int, valid: Callable[[int], bool], lowest: int, *, model: str, rule: str) -> None:
+  """Raises ValueError naming the depth rule and the nearest valid depths below and above `depth`."""
+  if isinstance(depth, int) and valid(depth):
+    return
+  near = ()
+  if isinstance(depth, int):
+    below = next((d for d in range(depth - 1, lowest - 1, -1) if valid(d)), None)
+    above = next(d for d in range(max(depth + 1, lowest), max(depth, lowest) + 100) if valid(d))
+    near = tuple(d for d in (below, above) if d is not None)
+  raise ValueError(
+      f"{model} depth must be {rule}, got {depth!r}; nearest valid depths: {', '.join(map(str, near))}."
+  )
+
+
+def check_multiplier(value, name: str) -> int:
+  """A positive integer width multiplier, or ValueError."""
+  if int(value) != value or value < 1:
+    raise ValueError(f"`{name}` must be a positive integer multiplier, got {value!r}.")
+  return int(value)
+
+
+class Projection(nnx.Module):
+  """The projection shortcut of a residual block where its shape changes: 1×1 conv (stride) → BN ("option B"
+  of He et al. 2016)."""
+
+  def __init__(self, cin: int, cout: int, stride: int, *, dtype, rngs: nnx.Rngs):
+    self.conv = conv(cin, cout, 1, stride, dtype=dtype, rngs=rngs)
+    self.bn = batch_norm(cout, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.bn(self.conv(x))
+
+
+def projection_if_needed(cin: int, cout: int, stride: int, *, dtype, rngs: nnx.Rngs) -> Projection | None:
+  return Projection(cin, cout, stride, dtype=dtype, rngs=rngs) if (stride != 1 or cin != cout) else None
 
 
 def param_count(make: Callable[[], nnx.Module] | nnx.Module) -> int:

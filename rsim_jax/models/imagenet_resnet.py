@@ -43,17 +43,13 @@ class Bottleneck(nnx.Module):
     self.bn2 = common.batch_norm(inner, dtype=dtype, rngs=rngs)
     self.conv3 = common.conv(inner, cout, 1, 1, dtype=dtype, rngs=rngs)
     self.bn3 = common.batch_norm(cout, dtype=dtype, rngs=rngs, zero_scale=zero_init_last_bn)
-    if stride != 1 or cin != cout:
-      self.proj_conv = common.conv(cin, cout, 1, stride, dtype=dtype, rngs=rngs)
-      self.proj_bn = common.batch_norm(cout, dtype=dtype, rngs=rngs)
-    else:
-      self.proj_conv = self.proj_bn = None
+    self.proj = common.projection_if_needed(cin, cout, stride, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, rec: common.Recorder, prefix: str) -> jax.Array:
     h = rec(f"{prefix}.conv1", nnx.relu(self.bn1(self.conv1(x))))
     h = rec(f"{prefix}.conv2", nnx.relu(self.bn2(self.conv2(h))))
     h = self.bn3(self.conv3(h))
-    shortcut = x if self.proj_conv is None else self.proj_bn(self.proj_conv(x))
+    shortcut = x if self.proj is None else self.proj(x)
     return rec(f"{prefix}.out", nnx.relu(h + shortcut))
 
 
@@ -78,10 +74,8 @@ class ImageNetResNet(nnx.Module):
           f"`blocks_per_stage` must be 4 positive block counts such as (3, 4, 6, 3) (ResNet-50), got "
           f"{blocks_per_stage}."
       )
-    if int(width) != width or width < 1:
-      raise ValueError(f"`width` must be a positive integer multiplier, got {width!r}.")
     dtype = common.resolve_dtype(dtype)
-    self.blocks_per_stage, self.width = blocks_per_stage, int(width)
+    self.blocks_per_stage, self.width = blocks_per_stage, common.check_multiplier(width, "width")
     self.num_classes, self.in_channels = num_classes, in_channels
     self.depth = 3 * sum(blocks_per_stage) + 2
     base = 64 * self.width

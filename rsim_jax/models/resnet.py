@@ -41,16 +41,12 @@ class BasicBlock(nnx.Module):
     self.bn1 = common.batch_norm(cout, dtype=dtype, rngs=rngs)
     self.conv2 = common.conv(cout, cout, 3, 1, dtype=dtype, rngs=rngs)
     self.bn2 = common.batch_norm(cout, dtype=dtype, rngs=rngs, zero_scale=zero_init_last_bn)
-    if stride != 1 or cin != cout:
-      self.proj_conv = common.conv(cin, cout, 1, stride, dtype=dtype, rngs=rngs)
-      self.proj_bn = common.batch_norm(cout, dtype=dtype, rngs=rngs)
-    else:
-      self.proj_conv = self.proj_bn = None
+    self.proj = common.projection_if_needed(cin, cout, stride, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, rec: common.Recorder, prefix: str) -> jax.Array:
     h = rec(f"{prefix}.conv1", nnx.relu(self.bn1(self.conv1(x))))
     h = self.bn2(self.conv2(h))
-    shortcut = x if self.proj_conv is None else self.proj_bn(self.proj_conv(x))
+    shortcut = x if self.proj is None else self.proj(x)
     return rec(f"{prefix}.out", nnx.relu(h + shortcut))
 
 
@@ -76,16 +72,11 @@ class ResNet(nnx.Module):
       self, depth: int, width: int = 1, num_classes: int = 10, *, in_channels: int = 3,
       zero_init_last_bn: bool = False, dtype="float32", rngs: nnx.Rngs,
   ):
-    if not isinstance(depth, int) or not valid_depth(depth):
-      near = common.nearest_valid(int(depth), valid_depth, 8) if isinstance(depth, int) else ()
-      raise ValueError(
-          f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 26, 32, 38, 44, 56, 110, 164, ...), got "
-          f"{depth!r}; nearest valid depths: {', '.join(map(str, near))}."
-      )
-    if int(width) != width or width < 1:
-      raise ValueError(f"`width` must be a positive integer multiplier, got {width!r}.")
+    common.check_depth(depth, valid_depth, 8, model="CIFAR ResNet",
+                       rule="6n+2 with n >= 1 (8, 14, 20, 26, 32, 38, 44, 56, 110, 164, ...)")
+    width = common.check_multiplier(width, "width")
     dtype = common.resolve_dtype(dtype)
-    self.depth, self.width, self.num_classes, self.in_channels = depth, int(width), num_classes, in_channels
+    self.depth, self.width, self.num_classes, self.in_channels = depth, width, num_classes, in_channels
     n = (depth - 2) // 6
     widths = [16 * self.width, 32 * self.width, 64 * self.width]
     self.stem_conv = common.conv(in_channels, widths[0], 3, 1, dtype=dtype, rngs=rngs)

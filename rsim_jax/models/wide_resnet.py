@@ -66,16 +66,10 @@ class WideResNet(nnx.Module):
       self, depth: int = 28, widen_factor: int = 10, num_classes: int = 10, *, in_channels: int = 3,
       dtype="float32", rngs: nnx.Rngs,
   ):
-    if not isinstance(depth, int) or not valid_depth(depth):
-      near = common.nearest_valid(int(depth), valid_depth, 10) if isinstance(depth, int) else ()
-      raise ValueError(
-          f"Wide ResNet depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), got {depth!r}; nearest "
-          f"valid depths: {', '.join(map(str, near))}."
-      )
-    if int(widen_factor) != widen_factor or widen_factor < 1:
-      raise ValueError(f"`widen_factor` must be a positive integer, got {widen_factor!r}.")
+    common.check_depth(depth, valid_depth, 10, model="Wide ResNet",
+                       rule="6n+4 with n >= 1 (10, 16, 22, 28, 34, 40, ...)")
     dtype = common.resolve_dtype(dtype)
-    self.depth, self.widen_factor = depth, int(widen_factor)
+    self.depth, self.widen_factor = depth, common.check_multiplier(widen_factor, "widen_factor")
     self.num_classes, self.in_channels = num_classes, in_channels
     n = (depth - 4) // 6
     widths = [16 * self.widen_factor, 32 * self.widen_factor, 64 * self.widen_factor]

@@ -23,7 +23,10 @@ def learning_rate_schedule(config: TrainConfig, total_steps: int, warmup_steps: 
   if config.schedule == "cosine":
     main = optax.cosine_decay_schedule(lr, decay_steps, alpha=config.end_lr_fraction)
   elif config.schedule == "step":
-    boundaries = {max(int(round(b * total_steps)) - warmup_steps, 1): config.step_factor for b in config.step_boundaries}
+    boundaries: dict[int, float] = {}
+    for b in config.step_boundaries:  # step counts of the main schedule (it starts after the warm-up)
+      at = max(int(round(b * total_steps)) - warmup_steps, 1)
+      boundaries[at] = boundaries.get(at, 1.0) * config.step_factor  # boundaries that round together compound
     main = optax.piecewise_constant_schedule(lr, boundaries)
   else:
     main = optax.constant_schedule(lr)

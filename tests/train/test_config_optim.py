@@ -85,6 +85,8 @@ def test_step_schedule():
   sched = learning_rate_schedule(config, total_steps=100, warmup_steps=0)
   np.testing.assert_allclose([sched(0), sched(49), sched(50), sched(74), sched(75), sched(1000)],
                              [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-5)
+  tiny = learning_rate_schedule(config, total_steps=1, warmup_steps=0)  # both boundaries round to step 1
+  np.testing.assert_allclose([tiny(0), tiny(1)], [0.1, 0.001], rtol=1e-5)
   constant = learning_rate_schedule(TrainConfig(schedule="constant", lr=0.3), 10, 0)
   assert float(constant(7)) == pytest.approx(0.3)
 

@@ -41,7 +41,8 @@ def test_data_parallel_step_on_8_devices_equals_1_device():
   for tree in ("params", "model_state"):
     for a, b in zip(jax.tree.leaves(one[tree]), jax.tree.leaves(eight[tree])):
       np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * float(np.abs(a).max() + 1e-12))
-  moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(one["params"]), jax.tree.leaves(init["params"])))
+  moved = max(float(np.abs(a - b).max())
+              for a, b in zip(jax.tree.leaves(one["params"]), jax.tree.leaves(init["params"])))
   assert moved > 1e-3  # the steps did change the parameters
 
 
