@@ -84,11 +84,7 @@ def sharded_minibatch_cka_update(
   Returns:
     The updated (replicated) state.
   """
-  xs = kernels_minibatch._as_layer_list(xs, "xs")
-  ys = None if ys is None else kernels_minibatch._as_layer_list(ys, "ys")
-  if mask is not None:
-    mask = jnp.asarray(mask, dtype=bool)
-  kernels_minibatch._check_batch(xs, ys, mask, state)
+  xs, ys, mask = kernels_minibatch.prepare_batch(xs, ys, mask, state)
   active_mesh = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
   if axis_name not in active_mesh.axis_names:
     raise ValueError(

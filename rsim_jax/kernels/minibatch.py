@@ -131,6 +131,17 @@ def _as_layer_list(layers, name: str) -> list[jax.Array]:
   return out
 
 
+def prepare_batch(xs, ys, mask, state: MinibatchCKAState | None):
+  """Validates one minibatch (layer lists, example counts, mask, layout against `state`) and returns
+  `(xs, ys, mask)` as lists of float arrays and a bool mask. Shape checks are static, so they run under jit."""
+  xs = _as_layer_list(xs, "xs")
+  ys = None if ys is None else _as_layer_list(ys, "ys")
+  if mask is not None:
+    mask = jnp.asarray(mask, dtype=bool)
+  _check_batch(xs, ys, mask, state)
+  return xs, ys, mask
+
+
 def _check_batch(xs, ys, mask, state: MinibatchCKAState | None):
   """Shape checks (static, so they run under jit too); returns the batch size."""
   n = xs[0].shape[0]
@@ -253,11 +264,7 @@ def minibatch_hsic(
     model), `num_batches` 1 (0 when fewer than 4 examples are valid: the batch then adds nothing),
     `num_skipped`, and per-layer non-finite flags.
   """
-  xs = _as_layer_list(xs, "xs")
-  ys = None if ys is None else _as_layer_list(ys, "ys")
-  if mask is not None:
-    mask = jnp.asarray(mask, dtype=bool)
-  _check_batch(xs, ys, mask, None)
+  xs, ys, mask = prepare_batch(xs, ys, mask, None)
   return _minibatch_hsic(xs, ys, mask, precision)
 
 
@@ -330,11 +337,7 @@ def minibatch_cka_update(
   Returns:
     The updated state. NaN/Inf in a layer is recorded per layer and reported by `minibatch_cka_result`.
   """
-  xs = _as_layer_list(xs, "xs")
-  ys = None if ys is None else _as_layer_list(ys, "ys")
-  if mask is not None:
-    mask = jnp.asarray(mask, dtype=bool)
-  _check_batch(xs, ys, mask, state)
+  xs, ys, mask = prepare_batch(xs, ys, mask, state)
   return _update(state, xs, ys, mask, precision)
 
 
