@@ -122,3 +122,215 @@ def _sharded_update(state, xs, ys, mask, mesh, axis_name, precision):
       out_specs=P(),
   )(xs, ys, mask)
   return kernels.minibatch_cka_accumulate(state, terms)
+
+
+# --- Geometry (PCA, nearest neighbours, intrinsic dimension) ---
+
+from rsim_jax.kernels import _checks as kernels_checks  # noqa: E402
+from rsim_jax.kernels import compensated as kernels_compensated  # noqa: E402
+from rsim_jax.kernels import intrinsic_dim as kernels_intrinsic_dim  # noqa: E402
+from rsim_jax.kernels import neighbors as kernels_neighbors  # noqa: E402
+import importlib  # noqa: E402
+
+# `rsim_jax.kernels.pca` is also the name of the function exported by `rsim_jax.kernels`; take the module.
+kernels_pca = importlib.import_module("rsim_jax.kernels.pca")
+
+
+def _num_shards(mesh, axis_name: str) -> int:
+  active_mesh = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
+  if axis_name not in active_mesh.axis_names:
+    raise ValueError(
+        f"Mesh axis `axis_name`={axis_name!r} not in the mesh axes {active_mesh.axis_names}; pass `mesh=` "
+        "or call inside `with jax.set_mesh(mesh):`."
+    )
+  return active_mesh.shape[axis_name]
+
+
+def sharded_knn_distances(
+    x: jax.Array,
+    *,
+    k: int,
+    mesh: jax.sharding.Mesh | None = None,
+    axis_name: str = DATA_AXIS,
+    block_size: int | None = None,
+    num_candidates: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """`kernels.knn_distances` with the points split over the mesh axis `axis_name`.
+
+  Inside `jax.shard_map`, each device `all_gather`s the points and ranks its own query rows against all of
+  them (tiles of `block_size`, `lax.scan` over database tiles), then recomputes its candidates' distances
+  exactly from the coordinates — the result equals the single-device one (same centring, same exact second
+  pass). Per-device memory: all `n·d` points plus `O(B² + (n/D)·C)`; work `n²·d/D` per device (the
+  single-device kernel uses the symmetry of the distance matrix for `n²·d/2`).
+
+  Args:
+    x: `(n, d)` points, sharded along examples or a host array (padded internally when n does not divide
+      over the devices; padding is never a neighbour).
+    k: neighbours per point, `1 ≤ k ≤ n − 1`.
+    mesh: the mesh; None uses the mesh set with `jax.set_mesh`.
+    axis_name: mesh axis the points are split over.
+    block_size, num_candidates: as in `kernels.knn_distances`.
+
+  Returns:
+    `(distances, indices)`, `(n, k)` each (sharded along examples when n divides over the devices).
+  """
+  x = kernels_neighbors._float_features(x)
+  n = x.shape[0]
+  k = kernels_neighbors._check_k(k, n)
+  kernels_checks.check_finite(x, "x")
+  c = (
+      kernels_neighbors.default_num_candidates(n, k)
+      if num_candidates is None
+      else kernels_neighbors._check_k(num_candidates, n, "num_candidates")
+  )
+  if c < k:
+    raise ValueError(f"`num_candidates`={c} must be at least `k`={k}.")
+  shards = _num_shards(mesh, axis_name)
+  per_device = -(-n // shards)
+  block = kernels_neighbors._tile(per_device, kernels_neighbors._check_block_size(block_size), c)
+  valid = jnp.ones((n,), bool)
+  if per_device * shards != n:
+    valid = jnp.pad(valid, (0, per_device * shards - n))
+    x = jnp.pad(x, ((0, per_device * shards - n), (0, 0)))
+  return _sharded_knn(x, valid, n=n, k=k, c=c, block=block, mesh=mesh, axis_name=axis_name)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "k", "c", "block", "mesh", "axis_name"))
+def _sharded_knn(x, valid, *, n, k, c, block, mesh, axis_name):
+  def per_device(local, local_valid):
+    points = jax.lax.all_gather(local, axis_name, tiled=True)
+    points_valid = jax.lax.all_gather(local_valid, axis_name, tiled=True)
+    m = local.shape[0]
+    query_index = jax.lax.axis_index(axis_name) * m + jnp.arange(m, dtype=jnp.int32)
+    centre, inv_scale = kernels_neighbors.normaliser(points, points_valid)  # identical on every device
+    candidates = kernels_neighbors.query_candidates(
+        (local - centre) * inv_scale, query_index, (points - centre) * inv_scale, points_valid, c, block
+    )
+    return kernels_neighbors.exact_neighbours(local, query_index, points, candidates, k, block)
+
+  spec = P(axis_name)
+  sharding = spec if mesh is None else NamedSharding(mesh, spec)
+  x, valid = jax.reshard((x, valid), sharding)
+  out = jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec), out_specs=(spec, spec))(x, valid)
+  if x.shape[0] == n:
+    return out
+  # Padded: drop the padding rows (the result is then replicated; it is only (n, k)).
+  out = jax.reshard(out, P() if mesh is None else NamedSharding(mesh, P()))
+  return tuple(a[:n] for a in out)
+
+
+def sharded_twonn(
+    x: jax.Array,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    axis_name: str = DATA_AXIS,
+    discard_fraction: float = 0.1,
+    estimator: str = "fit",
+    duplicates: str = "drop",
+    block_size: int | None = None,
+) -> float:
+  """`kernels.twonn` with the neighbour search split over the mesh (`sharded_knn_distances`).
+
+  Duplicated points are found from `r₁ = 0` and dropped on the host (or raise), then the search is redone;
+  the estimate from the `(n, 2)` distances is the same function as on one device. Arguments and errors as in
+  `kernels.twonn`.
+  """
+  x = kernels_intrinsic_dim._validated(x)
+  f = kernels_intrinsic_dim._check_discard_fraction(discard_fraction)
+  kernels_intrinsic_dim._check_choice(estimator, kernels_intrinsic_dim.ESTIMATORS, "estimator")
+  kernels_intrinsic_dim._check_choice(duplicates, kernels_intrinsic_dim.DUPLICATES, "duplicates")
+  kernels_intrinsic_dim._check_enough_points(x.shape[0], f, estimator, "x")
+
+  def search(points):
+    distances, _ = sharded_knn_distances(points, k=2, mesh=mesh, axis_name=axis_name, block_size=block_size)
+    return jnp.asarray(jax.device_get(distances))  # (n, 2): gathered, for the sort of the estimate
+
+  distances = search(x)
+  x, fresh = kernels_intrinsic_dim._distinct(x, distances, duplicates, "x", stacklevel=3)
+  if fresh is None:
+    kernels_intrinsic_dim._check_enough_points(x.shape[0], f, estimator, "x")
+    distances = search(x)
+  return float(kernels_intrinsic_dim._estimate(distances[:, 0], distances[:, 1], f, estimator))
+
+
+def sharded_pca_update(
+    state: kernels.PCAState,
+    x: jax.Array,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    axis_name: str = DATA_AXIS,
+    mask: jax.Array | None = None,
+) -> kernels.PCAState:
+  """`kernels.pca_update` with the batch split over the mesh axis `axis_name`.
+
+  Each device forms the count, mean and centred scatter of its shard (centred on the shard's own mean);
+  `psum`s of the counts and of the count-weighted means (relative to one shard's mean, so offsets cancel)
+  give the batch mean on every device, and one `psum` of `M2_i + n_i δ_i δ_iᵀ` (`δ_i` = shard mean − batch
+  mean) gives the batch scatter: the parallel update of Chan et al. over D shards at once. The batch is then merged into `state`, so an
+  update on D devices equals `pca_update` with the whole batch on one.
+
+  Args:
+    state: a `PCAState`, replicated.
+    x: `(D·b, d)` batch, sharded along examples or a host array (must divide over the devices).
+    mesh: the mesh; None uses the mesh set with `jax.set_mesh`.
+    axis_name: mesh axis the examples are split over.
+    mask: optional `(D·b,)` bool; False rows (padding) are ignored.
+
+  Returns:
+    The updated (replicated) state.
+  """
+  x = kernels_checks.as_float_array(x, "x")
+  kernels_checks.check_2d(x, "x")
+  if x.shape[1] != state.num_features:
+    raise ValueError(
+        f"`x` has {x.shape[1]} features but the state was initialised with num_features={state.num_features}."
+    )
+  n = x.shape[0]
+  if mask is None:
+    kernels_checks.check_finite(x, "x")
+    mask = jnp.ones((n,), bool)
+  else:
+    mask = jnp.asarray(mask)
+    if mask.shape != (n,):
+      raise ValueError(f"`mask` must have shape ({n},) to match `x`, got {tuple(mask.shape)}.")
+    mask = mask.astype(bool)
+    if kernels_checks.is_concrete(mask) and kernels_checks.is_concrete(x):
+      kernels_checks.check_finite(x[jax.device_get(mask)], "x")
+  shards = _num_shards(mesh, axis_name)
+  if n % shards:
+    raise ValueError(
+        f"The batch of {n} examples must split evenly over the {shards} devices of axis {axis_name!r}; pad "
+        "it and pass a mask."
+    )
+  return _sharded_pca_update(state, x, mask, mesh, axis_name)
+
+
+@functools.partial(jax.jit, static_argnames=("mesh", "axis_name"))
+def _sharded_pca_update(state, x, mask, mesh, axis_name):
+  def per_device(local, local_mask):
+    own = kernels_pca._batch_state(local, local_mask)
+    dtype = own.mean.high.dtype
+    me = jax.lax.axis_index(axis_name)
+    shards = jax.lax.psum(1, axis_name)
+    counts = jax.lax.psum(jnp.zeros((shards,), jnp.int32).at[me].set(own.count), axis_name)  # (D,)
+    total = jnp.sum(counts).astype(dtype)
+    # Batch mean = pivot + shift, the pivot being the mean of the first non-empty shard (sent to all by a
+    # psum of it and zeros, which is exact): the shard means' differences from it are then small.
+    first = jnp.argmax(counts > 0)
+    pivot = jax.lax.psum(jnp.where(me == first, own.mean.high, 0.0), axis_name)
+    offset = (own.mean.high - pivot) + own.mean.low  # this shard's mean − pivot
+    count = own.count.astype(dtype)
+    shift = jax.lax.psum(count * offset, axis_name) / jnp.maximum(total, 1.0)
+    delta = offset - shift
+    # Chan et al. over all shards at once: M2 = Σ_i (M2_i + n_i δ_i δ_iᵀ).
+    scatter = jax.lax.psum(own.scatter.high + jnp.outer(delta, delta) * count, axis_name)
+    mean = kernels_compensated.CompensatedSum(*kernels_compensated.two_sum(pivot, shift))
+    return kernels_pca.PCAState(
+        jnp.sum(counts), mean, kernels_compensated.CompensatedSum(scatter, jnp.zeros_like(scatter))
+    )
+
+  spec = P(axis_name)
+  sharding = spec if mesh is None else NamedSharding(mesh, spec)
+  x, mask = jax.reshard((x, mask), sharding)
+  batch = jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec), out_specs=P())(x, mask)
+  return kernels_pca._merge(state, batch)

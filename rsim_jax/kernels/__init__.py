@@ -19,3 +19,28 @@ from rsim_jax.kernels.minibatch import (
     minibatch_cka_update,
     minibatch_hsic,
 )
+
+# --- Geometry: PCA, nearest neighbours, intrinsic dimension ---
+from rsim_jax.kernels.intrinsic_dim import (
+    DuplicatePointsWarning,
+    TwoNNScaling,
+    TwoNNSubsampled,
+    twonn,
+    twonn_from_distances,
+    twonn_scaling,
+    twonn_subsampled,
+)
+from rsim_jax.kernels.neighbors import knn_distances
+from rsim_jax.kernels.pca import (
+    PCAResult,
+    PCAState,
+    first_pc_fraction,
+    participation_ratio,
+    pca,
+    pca_init,
+    pca_merge,
+    pca_result,
+    pca_update,
+    project_top_pcs,
+    remove_top_pcs,
+)
