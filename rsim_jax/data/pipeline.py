@@ -1,92 +1,109 @@
 """Batches for training and evaluation: deterministic, resumable, split across processes.
 
-Training batches are a pure function of `(seed, global step)`: epoch `e` visits the examples in the order of a
-permutation seeded by `(seed, e)` (the last partial batch is dropped), and augmentation draws from a generator
-seeded by `(seed, step)` for the whole global batch. So a run restarted at step s sees exactly the batches it
-would have seen, and process p of P reads rows `[p·b/P, (p+1)·b/P)` of every global batch of b, whatever P is
-(multi-host TPU VMs); `to_global` assembles the global array.
+Training batches are a pure function of `(seed, global step)`. With N examples and global batch B there are
+⌊N/B⌋ steps per epoch (the last partial batch is dropped); epoch e visits the examples in the order of
+`np.random.default_rng([seed, e]).permutation(N)`, so global step s holds
+`order_e[i·B : (i+1)·B]` with `(e, i) = divmod(s, ⌊N/B⌋)`. Row r of step s is augmented with the key
+`augment.example_keys(seed, s, r)`. Hence a run restarted at step s sees exactly the batches it would have
+seen, and process p of P reads rows `[p·B/P, (p+1)·B/P)` of every global batch, whatever P is (multi-host
+TPU VMs); `to_global` assembles the global array on the mesh.
+
+Two backends, one result:
+  "numpy"   in-memory `ArrayDataset`s: vectorised gather, CIFAR pad-crop-flip and normalisation on the host.
+  "grain"   any random-access source (`TfdsSource`: ImageNet from ArrayRecord): `grain.MapDataset` over this
+            process's example positions → read + augment + normalise each example on `num_threads` threads
+            with prefetching → batch. Sharding is by rows of the global batch (above), not grain's
+            `ShardOptions` (which would give each process a disjoint slice of the data set and make the
+            global batch depend on the process count).
+"auto" picks numpy for an `ArrayDataset` and grain otherwise; on an `ArrayDataset` both give identical batches.
+
+Augmentation (`augment=True`): fixed-size images get the CIFAR pad-crop-flip (padding `crop_padding`, default
+round(H/8): 4 for 32×32); variable-size images (ImageNet) the Inception random-resized crop + flip to
+`image_shape`; without augmentation they get resize-256 / centre-crop-224, as in evaluation.
 """
 
 from __future__ import annotations
 
+import collections
+import os
+import threading
 from collections.abc import Iterator
 
 import jax
 import numpy as np
 
 from rsim_jax import parallel
+from rsim_jax.data import augment as aug
 from rsim_jax.data.sources import ArrayDataset
 
-CROP_PADDING = 4
+BACKENDS = ("auto", "numpy", "grain")
+_ENDLESS_STEPS = 2**40
 
 
-def subset(ds: ArrayDataset, count: int, *, seed: int) -> ArrayDataset:
-  """A class-balanced, seeded subset of `count` examples (Nguyen et al. 2021's data-set-size sweep).
-
-  Each class contributes `count // C` examples (the first `count % C` classes one more), taken from the front
-  of a per-class permutation seeded by `seed`, so for one seed smaller subsets are nested in larger ones.
-  Examples keep their original order.
-  """
-  n = len(ds)
-  if not 1 <= count <= n:
-    raise ValueError(f"`count` must be in [1, {n}] (the split's size), got {count}.")
-  classes = np.arange(ds.num_classes)
-  per_class = np.full(len(classes), count // len(classes))
-  per_class[: count % len(classes)] += 1
-  rng = np.random.default_rng(seed)
-  chosen = []
-  for c, k in zip(classes, per_class):
-    members = np.flatnonzero(ds.labels == c)
-    if k > len(members):
-      raise ValueError(
-          f"A class-balanced subset of {count} needs {k} examples of class {c}, which has {len(members)}; "
-          "ask for fewer examples."
-      )
-    chosen.append(members[rng.permutation(len(members))[:k]])
-  return ds.select(np.sort(np.concatenate(chosen)))
+def _check_int(name: str, value, minimum: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+  return int(value)
 
 
-def subsample(ds: ArrayDataset, *, fraction: float | None = None, count: int | None = None, seed: int) -> ArrayDataset:
-  """`subset` by fraction (of the split) or by count; exactly one of them."""
-  if (fraction is None) == (count is None):
-    raise ValueError("Pass exactly one of `fraction` and `count`.")
-  if fraction is not None:
-    if not 0 < fraction <= 1:
-      raise ValueError(f"`fraction` must be in (0, 1], got {fraction}.")
-    count = max(1, int(round(fraction * len(ds))))
-  return subset(ds, int(count), seed=seed)
-
-
-def normalize(images: np.ndarray, ds: ArrayDataset) -> np.ndarray:
-  """uint8 `(b, H, W, C)` → float32 `(x/255 − mean) / std` per channel."""
-  mean = np.asarray(ds.mean, np.float32)
-  std = np.asarray(ds.std, np.float32)
-  return (images.astype(np.float32) * np.float32(1 / 255) - mean) / std
-
-
-def augment_batch(images: np.ndarray, rng: np.random.Generator, *, padding: int = CROP_PADDING) -> np.ndarray:
-  """Standard CIFAR augmentation on uint8 images: zero-pad by `padding`, random crop back, random h-flip."""
-  b, h, w, _ = images.shape
-  padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  offsets = rng.integers(0, 2 * padding + 1, size=(b, 2))
-  flips = rng.random(b) < 0.5
-  rows = offsets[:, 0, None] + np.arange(h)[None]  # (b, h)
-  cols = offsets[:, 1, None] + np.arange(w)[None]  # (b, w)
-  cols = np.where(flips[:, None], cols[:, ::-1], cols)
-  return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
-
-
-def _process_share(batch_size: int, process_index: int | None, process_count: int | None) -> tuple[int, int]:
-  pi = jax.process_index() if process_index is None else process_index
-  pc = jax.process_count() if process_count is None else process_count
+def process_share(batch_size: int, process_index: int | None = None,
+                  process_count: int | None = None) -> tuple[int, int]:
+  """Rows `[lo, hi)` of every global batch of `batch_size` that process `process_index` of `process_count`
+  reads (defaults: `jax.process_index()`, `jax.process_count()`)."""
+  pc = jax.process_count() if process_count is None else _check_int("process_count", process_count, 1)
+  pi = jax.process_index() if process_index is None else _check_int("process_index", process_index, 0)
+  if pi >= pc:
+    raise ValueError(f"`process_index`={pi} must be < `process_count`={pc}.")
   if batch_size % pc:
-    raise ValueError(f"`batch_size`={batch_size} must divide over the {pc} processes; use a multiple of {pc}.")
+    raise ValueError(f"`batch_size`={batch_size} does not divide over the {pc} processes (`process_count`); "
+                     f"use a multiple of {pc}.")
   local = batch_size // pc
   return pi * local, (pi + 1) * local
 
 
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """⌊num_examples / batch_size⌋: full global batches per epoch (the last partial batch is dropped)."""
+  return num_examples // batch_size
+
+
+def _backend(ds, backend: str) -> str:
+  if backend not in BACKENDS:
+    raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}.")
+  if backend == "auto":
+    return "numpy" if isinstance(ds, ArrayDataset) else "grain"
+  if backend == "numpy" and not isinstance(ds, ArrayDataset):
+    raise ValueError(f"`backend`='numpy' needs an in-memory ArrayDataset, got {type(ds).__name__}; use 'grain'.")
+  return backend
+
+
+def _variable(ds) -> bool:
+  return bool(getattr(ds, "variable_size", False))
+
+
+class _EpochOrders:
+  """Thread-safe cache of the last few epochs' permutations."""
+
+  def __init__(self, seed: int, n: int, keep: int = 2):
+    self.seed, self.n, self.keep = seed, n, keep
+    self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+    self._lock = threading.Lock()
+
+  def __call__(self, epoch: int) -> np.ndarray:
+    with self._lock:
+      order = self._cache.get(epoch)
+      if order is None:
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        self._cache[epoch] = order
+        while len(self._cache) > self.keep:
+          self._cache.popitem(last=False)
+      return order
+
+
+# --- Training ---
+
+
 def train_batches(
-    ds: ArrayDataset,
+    ds,
     *,
     batch_size: int,
     seed: int,
@@ -95,58 +112,194 @@ def train_batches(
     num_steps: int | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
+    crop_padding: int | None = None,
+    backend: str = "auto",
+    num_threads: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Training batches from global step `start_step` on: {"image": float32 (b/P, H, W, C), "label": int32}.
+  """This process's share of the global training batches from global step `start_step` on.
 
-  Endless (epoch after epoch) unless `num_steps` is given.
+  Args:
+    ds: an `ArrayDataset` or a random-access source (`open_source`).
+    batch_size: the global batch B (all processes together); b = B / process_count rows come out here.
+    seed: non-negative int; fixes the order of every epoch and every augmentation.
+    augment: CIFAR pad-crop-flip (fixed-size images) or Inception crop + flip (variable-size images).
+    start_step: the first global step (resume from a checkpoint's step).
+    num_steps: how many batches; None: endless, epoch after epoch.
+    process_index, process_count: this process's place (defaults from jax).
+    crop_padding: CIFAR crop padding (default round(H/8)).
+    backend: "auto", "numpy" (ArrayDataset only) or "grain".
+    num_threads: grain reader threads (default min(16, CPUs)).
+
+  Yields:
+    {"image": float32 `(b, H, W, C)` normalised by the source's mean/std, "label": int32 `(b,)`}.
   """
   n = len(ds)
-  if batch_size < 1 or batch_size > n:
-    raise ValueError(f"`batch_size` must be in [1, {n}] (the split's size), got {batch_size}.")
-  lo, hi = _process_share(batch_size, process_index, process_count)
-  steps_per_epoch = n // batch_size
-  step = start_step
-  end = None if num_steps is None else start_step + num_steps
-  order, order_epoch = None, None
-  while end is None or step < end:
-    epoch, i = divmod(step, steps_per_epoch)
-    if epoch != order_epoch:
-      order, order_epoch = np.random.default_rng([seed, epoch]).permutation(n), epoch
-    idx = order[i * batch_size : (i + 1) * batch_size]
+  batch_size = _check_int("batch_size", batch_size, 1)
+  if batch_size > n:
+    raise ValueError(f"`batch_size`={batch_size} is larger than the split ({n} examples).")
+  seed = _check_int("seed", seed, 0)
+  start_step = _check_int("start_step", start_step, 0)
+  num_steps = None if num_steps is None else _check_int("num_steps", num_steps, 0)
+  if crop_padding is not None:
+    _check_int("crop_padding", crop_padding, 0)
+  lo, hi = process_share(batch_size, process_index, process_count)
+  backend = _backend(ds, backend)
+  end = start_step + (_ENDLESS_STEPS if num_steps is None else num_steps)
+  if backend == "numpy":
+    return _numpy_train(ds, batch_size, seed, augment, start_step, end, lo, hi, crop_padding)
+  return _grain_train(ds, batch_size, seed, augment, start_step, end, lo, hi, crop_padding, num_threads)
+
+
+def _numpy_train(ds: ArrayDataset, batch_size, seed, augment, start, end, lo, hi, crop_padding):
+  per_epoch = steps_per_epoch(len(ds), batch_size)
+  orders = _EpochOrders(seed, len(ds))
+  rows = np.arange(lo, hi)
+  for step in range(start, end):
+    epoch, i = divmod(step, per_epoch)
+    idx = orders(epoch)[i * batch_size + lo : i * batch_size + hi]
     images = ds.images[idx]
     if augment:
-      images = augment_batch(images, np.random.default_rng([seed, 1_000_003, step]))
-    yield {"image": normalize(images[lo:hi], ds), "label": ds.labels[idx[lo:hi]]}
-    step += 1
+      images = aug.cifar_augment_batch(images, aug.example_keys(seed, step, rows), padding=crop_padding)
+    yield {"image": aug.normalize(images, ds.mean, ds.std), "label": ds.labels[idx]}
+
+
+class _TrainExample:
+  """Local example position k → this process's row of global step `start + k // b`, read and augmented."""
+
+  def __init__(self, ds, batch_size, seed, augment, lo, hi, crop_padding):
+    self.ds, self.batch_size, self.seed, self.augment = ds, batch_size, seed, augment
+    self.lo, self.local, self.crop_padding = lo, hi - lo, crop_padding
+    self.per_epoch = steps_per_epoch(len(ds), batch_size)
+    self.orders = _EpochOrders(seed, len(ds))
+    self.variable = _variable(ds)
+    self.size = ds.image_shape[0]
+
+  def __call__(self, k: int) -> dict[str, np.ndarray]:
+    step, j = divmod(int(k), self.local)
+    row = self.lo + j
+    epoch, i = divmod(step, self.per_epoch)
+    record = self.ds[int(self.orders(epoch)[i * self.batch_size + row])]
+    image = np.asarray(record["image"], np.uint8)
+    if self.variable:
+      if self.augment:
+        image = aug.inception_crop(image, aug.example_key(self.seed, step, row), size=self.size)
+      else:
+        image = aug.center_crop(image, size=self.size, resize_size=getattr(self.ds, "resize_size", None))
+    elif self.augment:
+      image = aug.cifar_augment(image, aug.example_key(self.seed, step, row), padding=self.crop_padding)
+    return {"image": aug.normalize(image, self.ds.mean, self.ds.std), "label": np.int32(record["label"])}
+
+
+def _grain_iterate(fn, first: int, stop: int, local: int, num_threads):
+  import grain  # noqa: PLC0415
+
+  threads = min(16, os.cpu_count() or 1) if num_threads is None else _check_int("num_threads", num_threads, 1)
+  # One grain element per local batch (its examples are read in one thread; `threads` batches in flight):
+  # per-element overhead is paid once per batch, not per example.
+  dataset = grain.MapDataset.range(first, stop).map(fn).batch(local, drop_remainder=True)
+  options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)
+  iterator = iter(dataset.to_iter_dataset(options))
+  try:
+    yield from iterator
+  finally:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+      close()
+
+
+def _grain_train(ds, batch_size, seed, augment, start, end, lo, hi, crop_padding, num_threads):
+  local = hi - lo
+  fn = _TrainExample(ds, batch_size, seed, augment, lo, hi, crop_padding)
+  yield from _grain_iterate(fn, start * local, end * local, local, num_threads)
+
+
+# --- Evaluation ---
 
 
 def eval_batches(
-    ds: ArrayDataset,
+    ds,
     *,
     batch_size: int,
     process_index: int | None = None,
     process_count: int | None = None,
+    backend: str = "auto",
+    num_threads: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Every example once, in order; the last batch padded to `batch_size` with `mask` False on the padding.
+  """Every example once, in order, in ⌈N/B⌉ global batches; the last one padded to B.
 
-  Yields {"image": float32 (b/P, H, W, C), "label": int32, "mask": bool}.
+  Variable-size images are resized (shorter side `resize_size`, 256) and centre-cropped to `image_shape`.
+
+  Args:
+    ds: an `ArrayDataset` or a random-access source.
+    batch_size: the global batch B; this process gets b = B / process_count rows of each.
+    process_index, process_count, backend, num_threads: as `train_batches`.
+
+  Yields:
+    {"image": float32 `(b, H, W, C)` (0 on padding), "label": int32 `(b,)` (0 on padding),
+     "mask": bool `(b,)` (False on padding)}.
   """
-  if batch_size < 1:
-    raise ValueError(f"`batch_size` must be positive, got {batch_size}.")
-  lo, hi = _process_share(batch_size, process_index, process_count)
+  batch_size = _check_int("batch_size", batch_size, 1)
+  lo, hi = process_share(batch_size, process_index, process_count)
+  backend = _backend(ds, backend)
+  if backend == "numpy":
+    return _numpy_eval(ds, batch_size, lo, hi)
+  n = len(ds)
+  local = hi - lo
+  num_batches = -(-n // batch_size)
+  return _grain_iterate(_EvalExample(ds, batch_size, lo, hi), 0, num_batches * local, local, num_threads)
+
+
+def _numpy_eval(ds: ArrayDataset, batch_size, lo, hi):
   n = len(ds)
   for start in range(0, n, batch_size):
-    idx = np.arange(start, start + batch_size)
-    mask = idx < n
-    idx = np.where(mask, idx, 0)
-    images = normalize(ds.images[idx[lo:hi]], ds)
-    images[~mask[lo:hi]] = 0.0
-    yield {"image": images, "label": np.where(mask, ds.labels[idx], 0)[lo:hi].astype(np.int32), "mask": mask[lo:hi]}
+    pos = np.arange(start + lo, start + hi)
+    mask = pos < n
+    idx = np.where(mask, pos, 0)
+    images = aug.normalize(ds.images[idx], ds.mean, ds.std)
+    images[~mask] = 0.0
+    yield {"image": images, "label": np.where(mask, ds.labels[idx], 0).astype(np.int32), "mask": mask}
 
 
-def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-  """This process's share of a batch → global arrays split over the mesh's `data` axis."""
-  sharding = parallel.batch_sharding(mesh)
-  if jax.process_count() == 1:
-    return parallel.shard_batch(batch, mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+class _EvalExample:
+  def __init__(self, ds, batch_size, lo, hi):
+    self.ds, self.batch_size, self.lo, self.local = ds, batch_size, lo, hi - lo
+    self.variable = _variable(ds)
+    self.shape = tuple(ds.image_shape)
+
+  def __call__(self, k: int) -> dict[str, np.ndarray]:
+    t, j = divmod(int(k), self.local)
+    pos = t * self.batch_size + self.lo + j
+    if pos >= len(self.ds):
+      return {"image": np.zeros(self.shape, np.float32), "label": np.int32(0), "mask": np.False_}
+    record = self.ds[pos]
+    image = np.asarray(record["image"], np.uint8)
+    if self.variable:
+      image = aug.center_crop(image, size=self.shape[0], resize_size=getattr(self.ds, "resize_size", None))
+    return {"image": aug.normalize(image, self.ds.mean, self.ds.std), "label": np.int32(record["label"]),
+            "mask": np.True_}
+
+
+# --- Placement ---
+
+
+def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh, *,
+              axis_name: str = parallel.DATA_AXIS) -> dict[str, jax.Array]:
+  """This process's rows of a global batch → global `jax.Array`s split over the mesh's `axis_name` axis.
+
+  Each leaf `(b, ...)` becomes a global array `(b · process_count, ...)` with `parallel.batch_sharding(mesh)`,
+  assembled with `jax.make_array_from_process_local_data` (process p's rows are rows `[p·b, (p+1)·b)`, as
+  `train_batches`/`eval_batches` produce them).
+  """
+  sharding = parallel.batch_sharding(mesh, axis_name=axis_name)
+  size = mesh.shape[axis_name]
+  pc = jax.process_count()
+  out = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    global_shape = (value.shape[0] * pc,) + value.shape[1:]
+    if global_shape[0] % size:
+      raise ValueError(f"The global batch of {global_shape[0]} (`batch[{key!r}]`: {value.shape[0]} rows × "
+                       f"{pc} processes) does not divide over the {size} devices of mesh axis {axis_name!r}; "
+                       f"use a `batch_size` that is a multiple of {size}.")
+    out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
+  return out
