@@ -11,8 +11,8 @@ TPU VMs); `to_global` assembles the global array on the mesh.
 Two backends, one result:
   "numpy"   in-memory `ArrayDataset`s: vectorised gather, CIFAR pad-crop-flip and normalisation on the host.
   "grain"   any random-access source (`TfdsSource`: ImageNet from ArrayRecord): `grain.MapDataset` over this
-            process's example positions → read + augment + normalise each example on `num_threads` threads
-            with prefetching → batch. Sharding is by rows of the global batch (above), not grain's
+            process's example positions → read + augment + normalise each example → batch; the batches are
+            made on `num_threads` threads, that many in flight (prefetched). Sharding is by rows of the global batch (above), not grain's
             `ShardOptions` (which would give each process a disjoint slice of the data set and make the
             global batch depend on the process count).
 "auto" picks numpy for an `ArrayDataset` and grain otherwise; on an `ArrayDataset` both give identical batches.
