@@ -17,6 +17,10 @@ The torch environment is kept apart from the project's venv (torch is no depende
   python benchmarks/cka_peers.py                               # N=10000, d=4096, batch 250
   python benchmarks/cka_peers.py --torch-python PATH/bin/python
 
+Timing caveat: torch's OpenMP threads degrade badly when the cores are oversubscribed (on a shared, loaded
+2-core machine 2 threads ran 3-4x slower than 1); `--threads 1` shows how much of a gap is that. The load
+average is printed with the timings.
+
 Peers that recompute Gram matrices for every pair are timed on the first `--slow-batches` batches at full size
 (default 8 of 40) and their time scaled to all batches; their CKA is compared with rsim_jax on the same batches.
 """

@@ -233,7 +233,8 @@ def methods(xs, ys, slow_batches):
           "plain torch float32, same stacked-Gram algorithm as rsim_jax (Gram per layer, U-centre, one GEMM)", len(xs))]
   if version("pytorch-cka"):
     out.append(("pytorch-cka", "pytorch-cka", lambda: pytorch_cka(xs, ys),
-                "cka.compute_cka over replay models (its stacked Grams + cka.hsic, float32); clamps CKA to [0, 1]",
+                "cka.compute_cka over replay models (its stacked Grams + cka.hsic, float32); clamps CKA to [0, 1], so "
+                "slightly negative unbiased estimates (unrelated layers) read 0",
                 len(xs)))
   if version("cka-pytorch"):
     out.append(("cka-pytorch", "cka-pytorch", lambda: cka_pytorch(xs, ys),
