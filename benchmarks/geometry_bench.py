@@ -20,6 +20,10 @@ Printed, as markdown tables:
 
   python benchmarks/geometry_bench.py --quick       # seconds: 5,000 × 128 and 1,000 × 2,048
   python benchmarks/geometry_bench.py               # the issue's sizes (tens of minutes on 2 cores)
+
+LAPACK (`eigh`, for NumPy and for JAX on CPU) runs on OpenBLAS threads; on a loaded machine they busy-wait and
+`eigh` can be several times slower with 2 threads than with 1 — set OPENBLAS_NUM_THREADS=1 there (the header
+line records the setting).
 """
 
 from __future__ import annotations
@@ -294,9 +298,10 @@ def main() -> None:
 
   import jax
 
+  blas_threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
   print(
       f"# rsim_jax geometry benchmark — {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), "
-      f"jax {jax.__version__} on {jax.devices()[0].platform}"
+      f"jax {jax.__version__} on {jax.devices()[0].platform}, OPENBLAS_NUM_THREADS={blas_threads}"
   )
   if args.tune_blocks:
     bench_blocks(args)

@@ -90,7 +90,7 @@ def knn_distances(
   Pass 1 ranks squared distances `‖x_i‖² + ‖x_j‖² − 2 x_i·x_j` of centred features over `B × B` tiles
   (only the tiles on and above the diagonal: the matrix is symmetric), keeping `num_candidates` per point;
   pass 2 recomputes those candidates' distances `‖x_i − x_j‖` from the coordinates and keeps the k smallest.
-  See the module docstring. Work: `n²·d` multiply-adds (half of a query × database product); memory: `x`
+  See the module docstring. Work: `n²·d/2` multiply-adds (half of a query × database product); memory: `x`
   plus `O(B² + n·num_candidates)`, never `(n, n)`.
 
   Args:
