@@ -57,3 +57,111 @@ def test_errors():
     list(extract.array_batches(_acts(), batch_size=3))
   with pytest.raises(ValueError, match="has 299 examples"):
     list(extract.array_batches({"a": np.zeros((300, 2)), "b": np.zeros((299, 2))}, batch_size=8))
+
+
+# --- compare_models: one pass through models → CKA, streamed PCA, activation sample ---------------------
+
+
+def _mlp(seed):
+  from flax import nnx
+
+  from rsim_jax.models import MLP
+
+  return MLP((24, 12), num_classes=5, in_features=20, rngs=nnx.Rngs(seed))
+
+
+def _image_batches(n=150, batch_size=32, seed=3):
+  rng = np.random.default_rng(seed)
+  images = (rng.standard_normal((n, 4, 5, 1)) + 2.0).astype(np.float32)
+  labels = rng.integers(0, 5, n).astype(np.int32)
+  batches = []
+  for start in range(0, n, batch_size):
+    chunk = images[start : start + batch_size]
+    valid = len(chunk)
+    pad = batch_size - valid
+    batches.append({
+        "image": np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], np.float32)]),
+        "label": np.concatenate([labels[start : start + valid], np.zeros(pad, np.int32)]),
+        "mask": np.arange(batch_size) < valid,
+    })
+  return images, labels, batches
+
+
+def _direct_layers(model, images):
+  model.eval()
+  logits, layers = model(images, capture=True)
+  return np.asarray(logits), {k: np.asarray(v).reshape(len(images), -1) for k, v in layers.items()}
+
+
+def test_sampler_is_independent_of_batching_and_uniform():
+  def sample(batch_size, n=1000, size=50, seed=7):
+    sampler = extract.ExampleSampler(size, seed=seed)
+    for start in range(0, n, batch_size):
+      positions = np.arange(start, start + batch_size)
+      sampler.assign(np.where(positions < n, positions, -1))
+    return sampler.slot_position[sampler.filled_slots()]
+
+  a, b = sample(7), sample(128)
+  np.testing.assert_array_equal(a, b)
+  assert len(a) == 50 and len(np.unique(a)) == 50 and np.all(np.diff(a) > 0)
+  assert not np.array_equal(a, sample(7, seed=8))
+  # Uniform: over many seeds each position is chosen with probability 50/1000; its mean position is ~ n/2.
+  means = [sample(100, seed=s).mean() for s in range(40)]
+  assert abs(np.mean(means) - 499.5) < 25
+  # Fewer examples than the sample size: all of them, in order.
+  np.testing.assert_array_equal(sample(16, n=30), np.arange(30))
+
+
+def test_compare_models_sample_and_pca_match_direct_computation():
+  images, labels, batches = _image_batches()
+  model = _mlp(0)
+  logits, direct = _direct_layers(model, images)
+  out = extract.compare_models(model, batches, pca_layers=True, sample_size=40, sample_seed=1, progress=False)
+  assert out.within[0].matrix.shape == (3, 3)
+  np.testing.assert_array_equal(out.predictions[0], logits.argmax(-1))
+  positions = out.sample_positions
+  assert len(positions) == 40 and np.all(np.diff(positions) > 0) and positions.max() < 150
+  np.testing.assert_array_equal(out.sample_labels, labels[positions])
+  for name in ("dense1", "dense2", "logits"):
+    np.testing.assert_allclose(out.samples[0][name], direct[name][positions], rtol=1e-5, atol=1e-6)
+    x = direct[name].astype(np.float64)
+    centred = x - x.mean(0)
+    expected = np.linalg.eigvalsh(centred.T @ centred / (len(x) - 1))[::-1]
+    pca = out.pca[0][name]
+    np.testing.assert_allclose(np.asarray(pca.mean), x.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(pca.eigenvalues)[:5], expected[:5], rtol=1e-4, atol=1e-6 * expected[0])
+  # The same seed gives the same examples through another model; sample-only pass agrees.
+  other = extract.sample_activations(_mlp(1), batches, num_examples=40, seed=1, progress=False)
+  _, direct_other = _direct_layers(_mlp(1), images)
+  np.testing.assert_allclose(other["dense2"], direct_other["dense2"][positions], rtol=1e-5, atol=1e-6)
+
+
+def test_compare_models_sharded_equals_single_device():
+  images, _, batches = _image_batches(n=200, batch_size=64)
+  mesh = parallel.data_mesh()
+  single = extract.compare_models([_mlp(0), _mlp(1)], batches, pca_layers=("dense1",), sample_size=30, progress=False)
+  # With 8 devices, each CKA minibatch is a per-device shard of 8 examples: compare PCA, samples, predictions.
+  sharded = extract.compare_models([_mlp(0), _mlp(1)], batches, pca_layers=("dense1",), sample_size=30, mesh=mesh,
+                                   progress=False)
+  np.testing.assert_array_equal(sharded.sample_positions, single.sample_positions)
+  for i in range(2):
+    np.testing.assert_array_equal(sharded.predictions[i], single.predictions[i])
+    np.testing.assert_allclose(sharded.samples[i]["logits"], single.samples[i]["logits"], rtol=1e-5, atol=1e-6)
+    top = float(single.pca[i]["dense1"].eigenvalues[0])
+    np.testing.assert_allclose(sharded.pca[i]["dense1"].eigenvalues, single.pca[i]["dense1"].eigenvalues, rtol=1e-4,
+                               atol=1e-5 * top)
+  assert sharded.cross.matrix.shape == (3, 3) and sharded.within[1].num_examples == 200
+
+
+def test_compare_models_errors():
+  _, _, batches = _image_batches()
+  with pytest.raises(ValueError, match="pca_max_features"):
+    extract.compare_models(_mlp(0), batches, pca_layers=("dense1",), pca_max_features=10, progress=False)
+  with pytest.raises(ValueError, match="not among the compared"):
+    extract.compare_models(_mlp(0), batches, layers=("dense1",), pca_layers=("dense2",), progress=False)
+  with pytest.raises(ValueError, match="sample_size"):
+    extract.compare_models(_mlp(0), batches, sample_size=-3, progress=False)
+  with pytest.raises(ValueError, match="not captured"):
+    extract.compare_models(_mlp(0), batches, layers=("conv9",), progress=False)
+  with pytest.raises(ValueError, match="empty"):
+    extract.compare_models(_mlp(0), [], progress=False)
