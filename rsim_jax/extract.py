@@ -9,6 +9,7 @@ stay on the devices that produced them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
@@ -350,7 +351,8 @@ def compare_models(
     # Rows with dest == m (not sampled, or padding) fall outside the buffer and are dropped.
     return buffer.at[dest].set(x.astype(buffer.dtype), mode="drop")
 
-  @jax.jit
+  # The carry is donated: the sample buffers (m × d per layer) are updated in place, not copied per batch.
+  @functools.partial(jax.jit, donate_argnums=(1,))
   def step(params, carry, images, mask, dest):
     cka_states, cross, pca_states, buffers = carry
     outputs = [fwd(p, images) for (fwd, _), p in zip(forwards, params)]
