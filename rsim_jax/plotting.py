@@ -6,7 +6,7 @@ Functions take arrays (and labels) and a path; they save PNG or PDF (by the path
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -106,4 +106,78 @@ def cka_heatmap_grid(
     fig.colorbar(image, ax=axes, fraction=0.02, pad=0.02, label="CKA")
   if suptitle:
     fig.suptitle(suptitle, fontsize=10)
+  return _save(fig, path)
+
+
+def layer_profiles(
+    profiles: Mapping[str, Sequence[float]],
+    path,
+    *,
+    ylabel: str,
+    title: str | None = None,
+    spans: Mapping[str, tuple[int, int]] | None = None,
+    relative_depth: bool = True,
+    styles: Mapping[str, str] | None = None,
+    ylim: tuple[float, float] | None = None,
+) -> pathlib.Path:
+  """One line per model of a per-layer quantity (PC1 fraction, probe accuracy, ID, ...) against depth.
+
+  Args:
+    profiles: label → `(L,)` values, input to output (models may differ in L).
+    ylabel: what the values are.
+    spans: optional label → `(start, end)` layer indices (inclusive) to shade, e.g. a detected block.
+    relative_depth: x = layer index / (L − 1), so models of different depth overlay; else the layer index.
+    styles: optional label → matplotlib format string (e.g. "--" for an untrained baseline).
+  """
+  fig, ax = plt.subplots(figsize=(5.2, 3.4))
+  for label, values in profiles.items():
+    values = np.asarray(values, np.float64)
+    x = np.arange(len(values)) / max(len(values) - 1, 1) if relative_depth else np.arange(len(values))
+    (line,) = ax.plot(x, values, (styles or {}).get(label, "-"), label=label, lw=1.4)
+    if spans and label in spans and spans[label][1] >= spans[label][0]:
+      s, e = spans[label]
+      ax.axvspan(x[s], x[e], color=line.get_color(), alpha=0.12, lw=0)
+  ax.set_xlabel("relative depth" if relative_depth else "layer")
+  ax.set_ylabel(ylabel)
+  if ylim is not None:
+    ax.set_ylim(*ylim)
+  if title:
+    ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7, frameon=False)
+  ax.grid(alpha=0.3)
+  return _save(fig, path)
+
+
+def metric_lines(
+    x: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+    log_x: bool = False,
+    marks: Mapping[str, float] | None = None,
+) -> pathlib.Path:
+  """A summary number against a study variable (width, depth, dataset fraction), one line per series.
+
+  Args:
+    x: `(K,)` values of the study variable.
+    series: label → `(K,)` values (NaN for a missing point).
+    marks: optional label → x position of a vertical dashed line (e.g. a critical width).
+  """
+  fig, ax = plt.subplots(figsize=(4.8, 3.3))
+  for label, values in series.items():
+    ax.plot(np.asarray(x, np.float64), np.asarray(values, np.float64), "o-", label=label, lw=1.4, ms=4)
+  for label, position in (marks or {}).items():
+    ax.axvline(position, ls="--", color="0.4", lw=1)
+    ax.text(position, ax.get_ylim()[1], f" {label}", fontsize=7, va="top")
+  if log_x:
+    ax.set_xscale("log")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7, frameon=False)
+  ax.grid(alpha=0.3)
   return _save(fig, path)
