@@ -1,19 +1,26 @@
 """Nguyen, Raghu & Kornblith (ICLR 2021), "Do Wide and Deep Networks Learn the Same Things?" end to end.
 
-Stages (each resumes):
-  1. train every model of the grid (depth × width × training-set fraction × seed) with `rsim_jax.train`;
-  2. one pass of the evaluation split through each trained model *and* the same network at initialisation:
-     within-model minibatch CKA of all layers (`rsim_jax.extract.compare_models`);
-  3. block structure per model against its untrained baseline (`rsim_jax.analysis.block_structure`);
-  4. figures (heatmap grids, trained and at initialisation) and `report.md` with the numbers.
+Stages (each resumes; finished models and analyses are read back from the work directory):
+  1. train every model of the grid (depth × width × training-set fraction × seed, plus the seed populations)
+     with `rsim_jax.train`;
+  2. per model, one pass of the evaluation split through the trained network *and* the same network at
+     initialisation (`rsim_jax.extract.compare_models`): within-model minibatch CKA of all layers, every
+     prediction, and a fixed random sample of every layer's activations;
+  3. per model: block structure against the untrained baseline (`analysis.block_structure`), first principal
+     component (`analysis.principal_components`: PC1 variance fraction, CKA with PC1, CKA with PC1 removed),
+     linear probes per layer (`analysis.probes`, fitted on a training-split sample);
+  4. across models: cross-seed and cross-architecture CKA inside vs outside the block
+     (`analysis.cross_model`); output-level differences of seed populations (`analysis.output_errors`);
+  5. figures and `report.md` with the numbers.
 
-Variants (`get_config`): "local" (scikit-learn digits, minutes on a 2-core CPU), "cifar10" (the paper's grid,
-for accelerators).
+Variants (`get_config`): "local" (scikit-learn digits, minutes on a 2-core CPU), "cifar10_local" (a CIFAR-10
+subset at 16×16 from `../shared/data`, tens of minutes here), "cifar10" (the paper's grid, for accelerators).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import pathlib
 from collections.abc import Sequence
@@ -21,7 +28,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from rsim_jax import extract, plotting
-from rsim_jax.analysis import block_structure
+from rsim_jax.analysis import block_structure, cross_model, output_errors, principal_components, probes
+
+Architecture = tuple[int, int]  # (depth, width multiplier)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +45,14 @@ class ModelSpec:
     frac = "" if self.train_fraction == 1.0 else f"_frac{self.train_fraction:g}"
     return f"resnet{self.depth}_x{self.width}{frac}_seed{self.seed}"
 
+  @property
+  def architecture(self) -> Architecture:
+    return (self.depth, self.width)
+
+  @property
+  def label(self) -> str:
+    return f"ResNet-{self.depth} ×{self.width}"
+
 
 @dataclasses.dataclass(frozen=True)
 class WideDeepConfig:
@@ -46,10 +63,20 @@ class WideDeepConfig:
     depths, widths: the grid of ResNet depths (at width 1) and widths (at `width_depths`).
     width_depths: depths at which widths are varied.
     train_fractions: training-set fractions (the dataset-size sweep; 1.0 = all).
-    seeds: seeds per configuration.
+    fraction_architectures: architectures `(depth, width)` of the grid trained at fractions below 1 (None =
+      all of them).
+    seeds: seeds of every grid configuration.
+    population: architectures `(depth, width)` trained with every seed of `population_seeds` at fraction 1:
+      the cross-seed CKA and the output-level comparison (first vs second architecture, seed to seed as
+      the baseline).
+    population_seeds: seeds of the population models (≥ 4 for the seed-split baseline of the error test).
+    cross_architectures: pairs of architectures compared layer by layer (seed 0, fraction 1).
     cka_batch_size: minibatch size of the CKA estimate (per device).
     block_threshold: CKA a pair of layers must reach to count as one block.
     max_eval_examples: cap on evaluation examples used for CKA (None = all).
+    sample_size: evaluation examples sampled (every layer, flattened) for the PC1 analysis and as probe test
+      set; 0 = skip both. Device memory: sample_size × Σ layer widths × 4 bytes per model, twice.
+    probe_train_examples: training-split examples the probes are fitted on; 0 = no probes.
   """
 
   train: dict
@@ -57,44 +84,74 @@ class WideDeepConfig:
   widths: tuple[int, ...]
   width_depths: tuple[int, ...]
   train_fractions: tuple[float, ...] = (1.0,)
+  fraction_architectures: tuple[Architecture, ...] | None = None
   seeds: tuple[int, ...] = (0,)
+  population: tuple[Architecture, ...] = ()
+  population_seeds: tuple[int, ...] = (0, 1, 2, 3)
+  cross_architectures: tuple[tuple[Architecture, Architecture], ...] = ()
   cka_batch_size: int = 256
   block_threshold: float = 0.9
   max_eval_examples: int | None = None
+  sample_size: int = 1000
+  probe_train_examples: int = 1000
 
   def models(self) -> list[ModelSpec]:
+    grid = [(depth, 1) for depth in self.depths]
+    grid += [(depth, width) for depth in self.width_depths for width in self.widths if (depth, width) not in grid]
     specs = []
     for fraction in self.train_fractions:
       for seed in self.seeds:
-        for depth in self.depths:
-          specs.append(ModelSpec(depth, 1, fraction, seed))
-        for depth in self.width_depths:
-          for width in self.widths:
-            if width != 1 or depth not in self.depths:
-              specs.append(ModelSpec(depth, width, fraction, seed))
+        for arch in grid:
+          if fraction == 1.0 or self.fraction_architectures is None or arch in self.fraction_architectures:
+            specs.append(ModelSpec(*arch, fraction, seed))
+    for seed in self.population_seeds:
+      for depth, width in self.population:
+        specs.append(ModelSpec(depth, width, 1.0, seed))
+    for pair in self.cross_architectures:
+      for depth, width in pair:
+        specs.append(ModelSpec(depth, width, 1.0, min(self.seeds)))
     return list(dict.fromkeys(specs))
 
 
 def get_config(variant: str = "local") -> WideDeepConfig:
-  """The study's variants: "local" (digits, CPU minutes) and "cifar10" (the paper's grid, accelerators)."""
+  """The study's variants: "local" (digits), "cifar10_local" (CIFAR-10 subset, CPU), "cifar10" (the paper)."""
   if variant == "local":
     # NOTES.md: on digits, ResNet-20 ×1 (~15 s) vs ResNet-56 ×1 (~1 min) for depth, ×1 vs ×4 for width.
     return WideDeepConfig(
         train=dict(data="digits", data_kwargs={"image_size": 8}, batch_size=128, eval_batch_size=512,
                    num_epochs=30, lr=0.1, warmup_epochs=1, weight_decay=5e-4, augment=False,
                    model_kwargs={"zero_init_last_bn": True}, progress=True),
-        depths=(20, 56), widths=(1, 4), width_depths=(20,), cka_batch_size=128,
+        depths=(20, 56), widths=(1, 4), width_depths=(20,), train_fractions=(1.0, 0.25),
+        fraction_architectures=((20, 1), (56, 1)),
+        population=((20, 1), (56, 1)), population_seeds=(0, 1, 2, 3),
+        cross_architectures=(((56, 1), (20, 4)),),
+        cka_batch_size=128, sample_size=360, probe_train_examples=1000,
+    )
+  if variant == "cifar10_local":
+    # CIFAR-10 on a CPU (NOTES.md): 2,500 training images at 16×16, no augmentation (fit the training set),
+    # ResNet-20 vs ResNet-56 (≈1.5 and ≈5 min each); CKA on 2,000 test images.
+    return WideDeepConfig(
+        train=dict(data="cifar10", data_kwargs={"image_size": 16}, train_examples=2500, batch_size=128,
+                   eval_batch_size=500, num_epochs=40, lr=0.1, warmup_epochs=1, weight_decay=5e-4,
+                   augment=False, model_kwargs={"zero_init_last_bn": True}, progress=True),
+        depths=(20, 56), widths=(1,), width_depths=(), train_fractions=(1.0, 0.25), seeds=(0,),
+        population=((20, 1),), population_seeds=(0, 1), cka_batch_size=256, max_eval_examples=2000,
+        sample_size=1000, probe_train_examples=1000,
     )
   if variant == "cifar10":
     # The paper's grid and recipe (Nguyen et al. 2021, App. A): SGD momentum 0.9, lr 0.1, batch 128,
     # weight decay 5e-4, 300 epochs with step decay, standard augmentation; CKA on the 10,000 test images.
+    # Sample memory: 500 examples × Σ widths (ResNet-164: 165 layers of ≤ 16,384) × 4 B ≈ 5 GB per model.
     return WideDeepConfig(
         train=dict(data="cifar10", batch_size=128, eval_batch_size=1000, num_epochs=300, lr=0.1,
                    schedule="step", step_boundaries=(0.5, 0.75), weight_decay=5e-4, augment=True),
         depths=(14, 20, 26, 38, 56, 110, 164), widths=(1, 2, 4, 8, 10), width_depths=(14, 26, 38),
         train_fractions=(1.0, 0.25, 0.0625), cka_batch_size=256,
+        population=((26, 8), (110, 1)), population_seeds=tuple(range(10)),
+        cross_architectures=(((110, 1), (26, 8)), ((164, 1), (38, 10))), sample_size=500,
+        probe_train_examples=5000,
     )
-  raise ValueError(f"Unknown wide_deep variant {variant!r}; choose 'local' or 'cifar10'.")
+  raise ValueError(f"Unknown wide_deep variant {variant!r}; choose 'local', 'cifar10_local' or 'cifar10'.")
 
 
 def train_config(cfg: WideDeepConfig, spec: ModelSpec):
@@ -102,7 +159,12 @@ def train_config(cfg: WideDeepConfig, spec: ModelSpec):
 
   kwargs = dict(cfg.train)
   model_kwargs = {**dict(kwargs.pop("model_kwargs", {})), "depth": spec.depth, "width": spec.width}
-  subset = None if spec.train_fraction == 1.0 else spec.train_fraction
+  base = kwargs.pop("train_examples", None)  # a fixed-size base training set (CPU variants), else all
+  if base is None:
+    subset = None if spec.train_fraction == 1.0 else spec.train_fraction
+  else:
+    classes = 10
+    subset = max(classes, int(round(base * spec.train_fraction / classes)) * classes)
   return TrainConfig(model="resnet", model_kwargs=model_kwargs, train_subset=subset, seed=spec.seed, **kwargs)
 
 
@@ -120,19 +182,27 @@ def initial_model(workdir: pathlib.Path):
   return model
 
 
-def _eval_batches(config, batch_size: int, max_examples: int | None):
+def _batches(config, split: str, batch_size: int, max_examples: int | None):
   from rsim_jax import data
 
-  ds = data.load(config.data, config.eval_split, **config.data_kwargs)
-  n = len(ds.labels) if max_examples is None else min(max_examples, len(ds.labels))
-  if n < len(ds.labels):
-    ds = data.select(ds, np.arange(n)) if hasattr(data, "select") else ds
+  ds = data.load(config.data, split, **config.data_kwargs)
+  if max_examples is not None and max_examples < len(ds.labels):
+    # A class-balanced subset when the split allows it, else the first examples.
+    try:
+      ds = data.subsample(ds, count=max_examples - max_examples % ds.num_classes, seed=0)
+    except (ValueError, AttributeError):
+      ds = data.select(ds, np.arange(max_examples))
   total = -(-len(ds.labels) // batch_size)
   return data.eval_batches(ds, batch_size=batch_size), total
 
 
+def _block_range(block: dict) -> tuple[int, int] | None:
+  return (block["start"], block["end"]) if block["size"] > 1 else None
+
+
 def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path, out_dir: pathlib.Path) -> dict:
-  """Within-model CKA of the trained model and of the same network at initialisation, and their blocks."""
+  """Everything about one model: within-model CKA (trained and at initialisation), block vs baseline, PC1
+  analysis, linear probes, test predictions. Cached as `out_dir/<name>.json`."""
   cache = out_dir / f"{spec.name}.json"
   if cache.exists():
     return json.loads(cache.read_text())
@@ -140,21 +210,42 @@ def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path,
 
   trained, config = load_model(model_dir)
   untrained = initial_model(model_dir)
-  batches, total = _eval_batches(config, cfg.cka_batch_size, cfg.max_eval_examples)
-  comparison = extract.compare_models([trained, untrained], batches, total=total)
+  batches, total = _batches(config, config.eval_split, cfg.cka_batch_size, cfg.max_eval_examples)
+  comparison = extract.compare_models([trained, untrained], batches, total=total, sample_size=cfg.sample_size)
   names = comparison.within[0].x_names
   trained_cka, init_cka = comparison.within[0].matrix, comparison.within[1].matrix
-  blocks = block_structure.block_vs_baseline(trained_cka, init_cka, threshold=cfg.block_threshold, names=names)
+  pc1 = init_pc1 = None
+  if cfg.sample_size:
+    pc1 = principal_components.pc1_fractions(comparison.samples[0])
+    init_pc1 = principal_components.pc1_fractions(comparison.samples[1])
+    pc1, init_pc1 = [pc1[n] for n in names], [init_pc1[n] for n in names]
+  blocks = block_structure.block_vs_baseline(trained_cka, init_cka, threshold=cfg.block_threshold, names=names,
+                                             trained_pc1=pc1, baseline_pc1=init_pc1)
   final = json.loads((model_dir / "final_metrics.json").read_text())
   result = {
       "spec": dataclasses.asdict(spec),
       "layer_names": list(names),
       "test_accuracy": final["test_accuracy"],
+      "train_accuracy": final.get("train_accuracy"),
       "accuracy_check": comparison.accuracy(0),
       "cka_trained": trained_cka.tolist(),
       "cka_init": init_cka.tolist(),
+      "cka_trained_vs_init": np.diag(comparison.cross.matrix).tolist(),
       "blocks": blocks.to_json(),
+      "predictions": comparison.predictions[0].tolist(),
+      "labels": comparison.labels.tolist(),
   }
+  if cfg.sample_size:
+    block = _block_range(result["blocks"]["trained"])
+    summary = principal_components.pc1_summary(comparison.samples[0], block=block)
+    result["pc1"] = {**summary, "pc1_fraction_init": init_pc1, "num_examples": len(comparison.sample_labels)}
+    if cfg.probe_train_examples:
+      train_batches, train_total = _batches(config, config.train_split, cfg.cka_batch_size, None)
+      train_sample = extract.compare_models(trained, train_batches, cka=False, total=train_total,
+                                            sample_size=cfg.probe_train_examples, sample_seed=1, progress=False)
+      accuracy = probes.probe_all_layers(train_sample.samples[0], train_sample.sample_labels,
+                                         comparison.samples[0], comparison.sample_labels)
+      result["probe_accuracy"] = [accuracy[n] for n in names]
   out_dir.mkdir(parents=True, exist_ok=True)
   cache.write_text(json.dumps(result))
   plotting.cka_heatmap(trained_cka, out_dir / f"{spec.name}_cka.png", x_labels=names, y_labels=names,
@@ -162,19 +253,89 @@ def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path,
   return result
 
 
-def _grid_figure(results: dict[str, dict], specs: Sequence[ModelSpec], key: str, path: pathlib.Path, title: str):
+def cross_analysis(cfg: WideDeepConfig, a: ModelSpec, b: ModelSpec, workdir: pathlib.Path, results: dict) -> dict:
+  """Cross-model CKA of two trained models (another seed or another architecture), inside vs outside their
+  blocks (`analysis.cross_model`). Cached as `analysis/cross_<a>__<b>.json`."""
+  cache = workdir / "analysis" / f"cross_{a.name}__{b.name}.json"
+  if cache.exists():
+    return json.loads(cache.read_text())
+  from rsim_jax.train import load_model
+
+  model_a, config = load_model(workdir / "models" / a.name)
+  model_b, _ = load_model(workdir / "models" / b.name)
+  batches, total = _batches(config, config.eval_split, cfg.cka_batch_size, cfg.max_eval_examples)
+  comparison = extract.compare_models([model_a, model_b], batches, total=total, progress=False)
+
+  def block(spec):
+    blk = results[spec.name]["blocks"]["trained"]
+    has = results[spec.name]["blocks"]["has_block"]
+    return block_structure.Block(blk["start"], blk["end"], blk["size"], blk["fraction"], blk["mean_cka"],
+                                 blk["threshold"], ()) if has else None
+
+  summary = cross_model.summarize_cross_cka(comparison.cross.matrix, block(a), block(b))
+  out = {"a": a.name, "b": b.name, "cross_cka": comparison.cross.matrix.tolist(), "summary": summary.to_json()}
+  cache.write_text(json.dumps(out))
+  plotting.cka_heatmap(comparison.cross.matrix.T, workdir / f"cross_{a.name}__{b.name}.png",
+                       x_labels=comparison.cross.x_names, y_labels=comparison.cross.y_names,
+                       title=f"{a.label} (seed {a.seed}) vs {b.label} (seed {b.seed})", x_name=a.name, y_name=b.name)
+  return out
+
+
+def _cross_pairs(cfg: WideDeepConfig, specs: Sequence[ModelSpec]) -> list[tuple[ModelSpec, ModelSpec, str]]:
+  """Cross-seed pairs (first two seeds of every architecture that has two) and the configured cross-architecture
+  pairs, at training fraction 1."""
+  pairs = []
+  full = [s for s in specs if s.train_fraction == 1.0]
+  for arch in dict.fromkeys(s.architecture for s in full):
+    same = sorted((s for s in full if s.architecture == arch), key=lambda s: s.seed)
+    if len(same) >= 2:
+      pairs.append((same[0], same[1], "seed"))
+  seed = min(cfg.seeds)
+  for arch_a, arch_b in cfg.cross_architectures:
+    pairs.append((ModelSpec(*arch_a, 1.0, seed), ModelSpec(*arch_b, 1.0, seed), "architecture"))
+  return pairs
+
+
+def population_analysis(cfg: WideDeepConfig, results: dict) -> dict | None:
+  """Output-level differences between the first two population architectures (Nguyen et al. 2021, Sec. 6):
+  per-example errors (permutation test and Fisher + BH, against a seed-split baseline) and per-class accuracy
+  (Welch t-tests + BH)."""
+  if len(cfg.population) < 2:
+    return None
+  populations = []
+  for depth, width in cfg.population[:2]:
+    names = [ModelSpec(depth, width, 1.0, s).name for s in cfg.population_seeds]
+    populations.append(np.array([results[n]["predictions"] for n in names]))
+  labels = np.array(results[ModelSpec(*cfg.population[0], 1.0, cfg.population_seeds[0]).name]["labels"])
+  examples = output_errors.compare_example_errors(populations[0], populations[1], labels)
+  classes = output_errors.compare_class_accuracy(populations[0], populations[1], labels)
+  return {
+      "a": f"ResNet-{cfg.population[0][0]} ×{cfg.population[0][1]}",
+      "b": f"ResNet-{cfg.population[1][0]} ×{cfg.population[1][1]}",
+      "num_seeds": len(cfg.population_seeds),
+      "examples": examples.to_json(),
+      "classes": classes.to_json(),
+  }
+
+
+def _grid_figure(results: dict[str, dict], specs: Sequence[ModelSpec], get, path: pathlib.Path, title: str):
   """Row 1: the depths at width 1; row 2: the widths (the paper's Figure 1/2 layout)."""
   depth_specs = [s for s in specs if s.width == 1]
   width_specs = [s for s in specs if s.width != 1]
   groups = [("depth", depth_specs), ("width", width_specs)]
   groups = [(label, group) for label, group in groups if group]
   return plotting.cka_heatmap_grid(
-      [[np.array(results[s.name][key]) for s in group] for _, group in groups],
+      [[np.array(get(results[s.name])) for s in group] for _, group in groups],
       path,
-      titles=[[f"ResNet-{s.depth} ×{s.width}" for s in group] for _, group in groups],
+      titles=[[s.label for s in group] for _, group in groups],
       row_labels=[label for label, _ in groups],
       suptitle=title,
   )
+
+
+def _grid_specs(cfg: WideDeepConfig, specs: Sequence[ModelSpec], fraction: float, seed: int) -> list[ModelSpec]:
+  grid = {(d, 1) for d in cfg.depths} | {(d, w) for d in cfg.width_depths for w in cfg.widths}
+  return [s for s in specs if s.train_fraction == fraction and s.seed == seed and s.architecture in grid]
 
 
 def run(cfg: WideDeepConfig, workdir: str | pathlib.Path) -> pathlib.Path:
@@ -189,42 +350,123 @@ def run(cfg: WideDeepConfig, workdir: str | pathlib.Path) -> pathlib.Path:
     model_dir = workdir / "models" / spec.name
     train(train_config(cfg, spec), model_dir)
     results[spec.name] = analyse_model(cfg, spec, model_dir, workdir / "analysis")
+  cross = []
+  for a, b, kind in _cross_pairs(cfg, specs):
+    print(f"cross-model CKA ({kind}): {a.name} vs {b.name}", flush=True)
+    cross.append({"kind": kind, **cross_analysis(cfg, a, b, workdir, results)})
+  population = population_analysis(cfg, results)
+  figures = _figures(cfg, specs, results, workdir)
+  figures += [workdir / f"cross_{c['a']}__{c['b']}.png" for c in cross]
+  summary = {
+      "models": {name: {k: v for k, v in r.items() if not k.startswith("cka_") and k not in ("predictions", "labels")}
+                 for name, r in results.items()},
+      "cross": [{k: v for k, v in c.items() if k != "cross_cka"} for c in cross],
+      "population": population,
+  }
+  (workdir / "results.json").write_text(json.dumps(summary, indent=1))
+  return write_report(cfg, specs, results, cross, population, figures, workdir)
+
+
+def _figures(cfg, specs, results, workdir) -> list[pathlib.Path]:
   figures = []
   for fraction in cfg.train_fractions:
     for seed in cfg.seeds:
-      group = [s for s in specs if s.train_fraction == fraction and s.seed == seed]
+      group = _grid_specs(cfg, specs, fraction, seed)
+      if not group:
+        continue
       tag = f"frac{fraction:g}_seed{seed}"
-      figures.append(_grid_figure(results, group, "cka_trained", workdir / f"cka_grid_{tag}.png",
+      figures.append(_grid_figure(results, group, lambda r: r["cka_trained"], workdir / f"cka_grid_{tag}.png",
                                   f"trained, training fraction {fraction:g}, seed {seed}"))
-      figures.append(_grid_figure(results, group, "cka_init", workdir / f"cka_grid_init_{tag}.png",
+      figures.append(_grid_figure(results, group, lambda r: r["cka_init"], workdir / f"cka_grid_init_{tag}.png",
                                   f"at initialisation (baseline), seed {seed}"))
-  (workdir / "results.json").write_text(json.dumps(
-      {name: {k: v for k, v in r.items() if not k.startswith("cka_")} for name, r in results.items()}, indent=1))
-  return write_report(cfg, specs, results, figures, workdir)
+  main = _grid_specs(cfg, specs, 1.0, min(cfg.seeds))
+  if cfg.sample_size and main:
+    figures.append(_grid_figure(results, main, lambda r: r["pc1"]["cka_pc1_removed"],
+                                workdir / "cka_grid_pc1_removed.png", "full-batch CKA on the sample, PC1 removed"))
+    spans = {s.label: _block_range(results[s.name]["blocks"]["trained"]) for s in main}
+    spans = {k: v for k, v in spans.items() if v is not None}
+    profiles = {s.label: results[s.name]["pc1"]["pc1_fraction"] for s in main}
+    profiles.update({f"{s.label} (init)": results[s.name]["pc1"]["pc1_fraction_init"] for s in main})
+    figures.append(plotting.layer_profiles(
+        profiles, workdir / "pc1_fraction.png", ylabel="variance fraction on PC1", ylim=(0, 1),
+        styles={f"{s.label} (init)": ":" for s in main}, spans=spans,
+        title="first principal component per layer (shaded: block)"))
+    if cfg.probe_train_examples:
+      figures.append(plotting.layer_profiles(
+          {s.label: results[s.name]["probe_accuracy"] for s in main}, workdir / "probe_accuracy.png",
+          ylabel="linear probe test accuracy", spans=spans, title="linear probes per layer (shaded: block)"))
+  if len(cfg.train_fractions) > 1:
+    fractions = sorted(cfg.train_fractions)
+    series = {}
+    for arch in dict.fromkeys(s.architecture for s in specs if s.train_fraction != 1.0):
+      label = f"ResNet-{arch[0]} ×{arch[1]}"
+      series[label] = [
+          results[ModelSpec(*arch, f, min(cfg.seeds)).name]["blocks"]["size_gain"]
+          if ModelSpec(*arch, f, min(cfg.seeds)).name in results else np.nan for f in fractions
+      ]
+    figures.append(plotting.metric_lines(fractions, series, workdir / "block_vs_dataset_size.png", log_x=True,
+                                         xlabel="training-set fraction", ylabel="block size − untrained block size",
+                                         title="dataset size and the block structure"))
+  return figures
 
 
-def write_report(cfg, specs, results, figures, workdir: pathlib.Path) -> pathlib.Path:
+def _span(block: dict) -> str:
+  return f"{block['start']}–{block['end']} ({block['size']})" if block["size"] else "none"
+
+
+def _fmt(x, spec=".3f") -> str:
+  return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, spec)
+
+
+def write_report(cfg, specs, results, cross, population, figures, workdir: pathlib.Path) -> pathlib.Path:
   lines = [
-      "# Wide vs deep: within-model CKA and block structure",
+      "# Wide vs deep: within-model CKA, block structure and what it means",
       "",
       f"Block = longest run of layers with all pairwise minibatch CKA ≥ {cfg.block_threshold} (test split); the",
-      "untrained network (same architecture and seed, at initialisation) is the baseline every block is read against.",
+      "untrained network (same architecture and seed, at initialisation) is the baseline every block is read",
+      "against. *Has block* = longer than the baseline's run and its mean PC1 variance fraction > max(0.5, the",
+      "baseline's over the same layers) (`BlockComparison.has_block`). PC1 and probe numbers are on a random",
+      f"sample of {cfg.sample_size} test examples; probes are ridge classifiers fitted on {cfg.probe_train_examples} "
+      "training examples.",
       "",
-      "| model | test acc | layers | block (trained) | block (init) | gain | mean CKA in block |",
-      "|---|---:|---:|---|---|---:|---:|",
+      "| model | train acc | test acc | layers | block (trained) | block (init) | gain | PC1 in block (trained / init)"
+      " | has block | CKA in block: before / PC1 removed | probe acc: block mean / last |",
+      "|---|---:|---:|---:|---|---|---:|---|---|---|---|",
   ]
   for spec in specs:
     r = results[spec.name]
     b = r["blocks"]
-    tb, ib = b["trained"], b["baseline"]
-
-    def span(block):
-      return f"{block['start']}–{block['end']} ({block['size']})" if block["size"] else "none"
-
+    pc1_block = r.get("pc1", {}).get("block")
+    cka_cell = f"{pc1_block['mean_cka']:.3f} / {pc1_block['mean_cka_pc1_removed']:.3f}" if pc1_block else "–"
+    probe_cell = "–"
+    if "probe_accuracy" in r:
+      acc = np.array(r["probe_accuracy"])
+      inside = acc[b["trained"]["start"] : b["trained"]["end"] + 1] if b["trained"]["size"] else np.array([])
+      probe_cell = f"{_fmt(float(inside.mean()) if inside.size else None)} / {acc[-1]:.3f}"
     lines.append(
-        f"| {spec.name} | {r['test_accuracy']:.3f} | {len(r['layer_names'])} | {span(tb)} | {span(ib)} | "
-        f"{b['size_gain']:+d} | {tb['mean_cka']:.3f} |"
+        f"| {spec.name} | {_fmt(r.get('train_accuracy'))} | {r['test_accuracy']:.3f} | {len(r['layer_names'])} | "
+        f"{_span(b['trained'])} | {_span(b['baseline'])} | {b['size_gain']:+d} | "
+        f"{_fmt(b['trained_pc1_fraction'], '.2f')} / {_fmt(b['baseline_pc1_fraction'], '.2f')} | "
+        f"{'yes' if b['has_block'] else 'no'} | {cka_cell} | {probe_cell} |"
     )
+  if cross:
+    lines += ["", "## Cross-model CKA of corresponding layers (relative depth), inside vs outside the blocks", "",
+              "| kind | A | B | mean CKA outside (pairs) | mean CKA inside (pairs) |", "|---|---|---|---|---|"]
+    for c in cross:
+      s = c["summary"]
+      lines.append(f"| {c['kind']} | {c['a']} | {c['b']} | {_fmt(s['outside_mean'])} ({s['num_outside']}) | "
+                   f"{_fmt(s['inside_mean'])} ({s['num_inside']}) |")
+  if population:
+    e, c = population["examples"], population["classes"]
+    lines += [
+        "", f"## Output level: {population['a']} vs {population['b']}, {population['num_seeds']} seeds each", "",
+        f"- Per-example errors: statistic {e['statistic']:.4g}, permutation p = {e['p_value']:.3g}; seed-split "
+        f"baseline within {population['a']}: statistic {e['baseline_statistic']:.4g}, p = {e['baseline_p_value']:.3g}.",
+        f"- Examples with significantly different error rates (Fisher exact, BH α = 0.05): {e['significant_examples']}"
+        f" (baseline: {e['baseline_significant_examples']}); mean error {e['mean_error_a']:.4f} vs {e['mean_error_b']:.4f}.",
+        f"- Classes with significantly different accuracy (Welch t, BH α = 0.05): {int(np.sum(c['significant']))} of "
+        f"{len(c['significant'])}; largest difference {max(c['difference'], key=abs):+.4f}.",
+    ]
   lines += ["", "Figures:", ""] + [f"- ![{p.stem}]({p.name})" for p in figures]
   path = workdir / "report.md"
   path.write_text("\n".join(lines) + "\n")

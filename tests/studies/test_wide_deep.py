@@ -22,13 +22,16 @@ def _tiny_config(depths=(8,)):
   return wide_deep.WideDeepConfig(
       train=dict(data="fake", batch_size=32, eval_batch_size=32, num_epochs=1, lr=0.05, progress=False, num_devices=1,
                  log_every_steps=5),
-      depths=depths, widths=(1, 2), width_depths=(8,), cka_batch_size=25,
+      depths=depths, widths=(1, 2), width_depths=(8,), cka_batch_size=25, sample_size=60, probe_train_examples=64,
+      population=((8, 1), (8, 2)), population_seeds=(0, 1),
   )
 
 
 def test_grid_of_models():
   names = [s.name for s in wide_deep.get_config("local").models()]
-  assert names == ["resnet20_x1_seed0", "resnet56_x1_seed0", "resnet20_x4_seed0"]
+  assert names[:5] == ["resnet20_x1_seed0", "resnet56_x1_seed0", "resnet20_x4_seed0", "resnet20_x1_frac0.25_seed0",
+                       "resnet56_x1_frac0.25_seed0"]
+  assert len(names) == len(set(names)) == 11  # + seeds 1–3 of the two population architectures
   paper = wide_deep.get_config("cifar10").models()
   assert {(s.depth, s.width) for s in paper} >= {(164, 1), (38, 10), (14, 8)}
   assert {s.train_fraction for s in paper} == {1.0, 0.25, 0.0625}
@@ -52,7 +55,25 @@ def test_study_runs_end_to_end_and_resumes(tmp_path, fake_data, depths):
     assert np.array(result["cka_init"]).shape == cka.shape
     # The extraction pass re-measures test accuracy; it must agree with the trainer's evaluation.
     assert result["accuracy_check"] == pytest.approx(result["test_accuracy"], abs=1e-6)
+    # PC1 analysis and probes on the sample: one value per layer, in range; removing PC1 keeps the diagonal.
+    num_layers = len(result["layer_names"])
+    pc1 = result["pc1"]
+    assert len(pc1["pc1_fraction"]) == len(pc1["pc1_fraction_init"]) == num_layers
+    assert all(0 < f <= 1 for f in pc1["pc1_fraction"]) and pc1["num_examples"] == 60
+    np.testing.assert_allclose(np.diag(pc1["cka_pc1_removed"]), 1.0, atol=1e-5)
+    assert all(c >= f - 1e-6 for c, f in zip(pc1["cka_with_pc1"], pc1["pc1_fraction"]))  # sqrt(λ₁²/Σλ²) ≥ λ₁/Σλ
+    assert len(result["probe_accuracy"]) == num_layers and all(0 <= a <= 1 for a in result["probe_accuracy"])
+    assert len(result["predictions"]) == len(result["labels"]) == 100
   assert (tmp_path / "cka_grid_frac1_seed0.png").stat().st_size > 1000
+  for figure in ("cka_grid_pc1_removed.png", "pc1_fraction.png", "probe_accuracy.png"):
+    assert (tmp_path / figure).stat().st_size > 1000
+  summary = json.loads((tmp_path / "results.json").read_text())
+  kinds = {(c["kind"], c["a"], c["b"]) for c in summary["cross"]}
+  assert ("seed", "resnet8_x1_seed0", "resnet8_x1_seed1") in kinds
+  cross = json.loads((tmp_path / "analysis" / "cross_resnet8_x1_seed0__resnet8_x1_seed1.json").read_text())
+  assert np.array(cross["cross_cka"]).shape == (num_layers, num_layers)
+  assert summary["population"]["num_seeds"] == 2 and "p_value" in summary["population"]["examples"]
+  assert "Output level" in text and "Cross-model CKA" in text
   # A second run resumes: nothing is retrained or re-extracted.
   stamp = (tmp_path / "analysis" / "resnet8_x1_seed0.json").stat().st_mtime_ns
   wide_deep.run(cfg, tmp_path)
