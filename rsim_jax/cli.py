@@ -44,6 +44,13 @@ def cmd_study(args) -> int:
 
   module = importlib.import_module(f"rsim_jax.studies.{args.name}")
   cfg = module.get_config(args.config)
+  if args.dry_run:
+    # What would be trained, from the config alone: no data is read and nothing is written.
+    rows = module.plan(cfg) if hasattr(module, "plan") else [{"config": repr(cfg)}]
+    for row in rows:
+      print(json.dumps(row, default=str))
+    print(f"{len(rows)} model(s) in {args.name}:{args.config}")
+    return 0
   report = module.run(cfg, args.workdir or f"runs/{args.name}_{args.config}")
   print(f"wrote {report}")
   return 0
@@ -73,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("name", choices=STUDIES)
   p.add_argument("--config", default="local", help="the study's variant (e.g. local, cifar10)")
   p.add_argument("--workdir", default=None, help="output directory (default runs/NAME_CONFIG)")
+  p.add_argument("--dry-run", action="store_true", help="list the models the variant would train, then stop")
   p.set_defaults(func=cmd_study)
 
   p = sub.add_parser("train", help="one training run; arguments as `python -m rsim_jax.train`", add_help=False)

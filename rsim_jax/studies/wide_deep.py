@@ -14,7 +14,9 @@ Stages (each resumes; finished models and analyses are read back from the work d
   5. figures and `report.md` with the numbers.
 
 Variants (`get_config`): "local" (scikit-learn digits, minutes on a 2-core CPU), "cifar10_local" (a CIFAR-10
-subset at 16×16 from `../shared/data`, tens of minutes here), "cifar10" (the paper's grid, for accelerators).
+subset at 16×16 from `../shared/data`, tens of minutes here), "cifar10" (the paper's grid, for accelerators),
+"imagenet" (ImageNet ResNets through tensorflow-datasets, for TPU/GPU VMs). `plan(cfg)` lists what a variant
+would train without training anything (`rsim study wide_deep --config V --dry-run`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class WideDeepConfig:
 
   Attributes:
     train: keyword arguments of `rsim_jax.train.TrainConfig` shared by every model (data, schedule, ...).
+    model: "resnet" (CIFAR ResNets, depth = 6n + 2) or "imagenet_resnet" (bottleneck ResNets; depth one of
+      `rsim_jax.models.imagenet_resnet.DEPTHS`, e.g. 50, 101, 152).
     depths, widths: the grid of ResNet depths (at width 1) and widths (at `width_depths`).
     width_depths: depths at which widths are varied.
     train_fractions: training-set fractions (the dataset-size sweep; 1.0 = all).
@@ -94,6 +98,7 @@ class WideDeepConfig:
   max_eval_examples: int | None = None
   sample_size: int = 1000
   probe_train_examples: int = 1000
+  model: str = "resnet"
 
   def models(self) -> list[ModelSpec]:
     grid = [(depth, 1) for depth in self.depths]
@@ -151,21 +156,56 @@ def get_config(variant: str = "local") -> WideDeepConfig:
         cross_architectures=(((110, 1), (26, 8)), ((164, 1), (38, 10))), sample_size=500,
         probe_train_examples=5000,
     )
-  raise ValueError(f"Unknown wide_deep variant {variant!r}; choose 'local', 'cifar10_local' or 'cifar10'.")
+  if variant == "imagenet":
+    # Nguyen et al. 2021, Sec. 7: ImageNet ResNets of increasing depth and width, the standard recipe (SGD
+    # momentum 0.9, batch 1024, lr 0.4 = 0.1 × B/256 with 5 warm-up epochs, cosine over 90 epochs, weight decay
+    # 1e-4, label smoothing 0.1, bfloat16 compute), tensorflow-datasets imagenet2012 (a prepared TFDS_DATA_DIR).
+    # CKA on 10,000 validation images in minibatches of 256 per device.
+    return WideDeepConfig(
+        train=dict(data="tfds:imagenet2012", eval_split="validation", data_kwargs={"image_size": 224},
+                   batch_size=1024, eval_batch_size=1024, num_epochs=90, lr=0.4, warmup_epochs=5,
+                   weight_decay=1e-4, label_smoothing=0.1, augment=True, dtype="bfloat16",
+                   model_kwargs={"zero_init_last_bn": True}, checkpoint_every_steps=2000, keep_checkpoints=2),
+        model="imagenet_resnet", depths=(50, 101, 152), widths=(1, 2, 3), width_depths=(50,),
+        cka_batch_size=256, max_eval_examples=10_000, sample_size=256, probe_train_examples=0,
+    )
+  raise ValueError(
+      f"Unknown wide_deep variant {variant!r}; choose 'local', 'cifar10_local', 'cifar10' or 'imagenet'."
+  )
 
 
 def train_config(cfg: WideDeepConfig, spec: ModelSpec):
   from rsim_jax.train import TrainConfig
 
   kwargs = dict(cfg.train)
-  model_kwargs = {**dict(kwargs.pop("model_kwargs", {})), "depth": spec.depth, "width": spec.width}
+  model_kwargs = {**dict(kwargs.pop("model_kwargs", {})), "width": spec.width}
+  if cfg.model == "imagenet_resnet":
+    from rsim_jax.models import imagenet_resnet
+
+    if spec.depth not in imagenet_resnet.DEPTHS:
+      raise ValueError(f"ImageNet ResNet depth {spec.depth} unknown; choose one of {sorted(imagenet_resnet.DEPTHS)}.")
+    model_kwargs["blocks_per_stage"] = imagenet_resnet.DEPTHS[spec.depth]
+  else:
+    model_kwargs["depth"] = spec.depth
   base = kwargs.pop("train_examples", None)  # a fixed-size base training set (CPU variants), else all
   if base is None:
     subset = None if spec.train_fraction == 1.0 else spec.train_fraction
   else:
     classes = 10
     subset = max(classes, int(round(base * spec.train_fraction / classes)) * classes)
-  return TrainConfig(model="resnet", model_kwargs=model_kwargs, train_subset=subset, seed=spec.seed, **kwargs)
+  return TrainConfig(model=cfg.model, model_kwargs=model_kwargs, train_subset=subset, seed=spec.seed, **kwargs)
+
+
+def plan(cfg: WideDeepConfig) -> list[dict]:
+  """What `run` would train, without training or reading data: one dict per model with its name, the
+  model family and arguments, the data and the schedule (a dry run)."""
+  rows = []
+  for spec in cfg.models():
+    tc = train_config(cfg, spec)
+    rows.append({"name": spec.name, "model": tc.model, "model_kwargs": dict(tc.model_kwargs), "data": tc.data,
+                 "train_subset": tc.train_subset, "batch_size": tc.batch_size, "num_epochs": tc.num_epochs,
+                 "lr": tc.lr, "schedule": tc.schedule, "dtype": tc.dtype})
+  return rows
 
 
 def initial_model(workdir: pathlib.Path):

@@ -78,3 +78,48 @@ def test_study_runs_end_to_end_and_resumes(tmp_path, fake_data, depths):
   stamp = (tmp_path / "analysis" / "resnet8_x1_seed0.json").stat().st_mtime_ns
   wide_deep.run(cfg, tmp_path)
   assert (tmp_path / "analysis" / "resnet8_x1_seed0.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("variant", ["local", "cifar10_local", "cifar10", "imagenet"])
+def test_every_variant_plans_valid_train_configs(variant):
+  cfg = wide_deep.get_config(variant)
+  rows = wide_deep.plan(cfg)
+  assert len(rows) == len(cfg.models()) and len({r["name"] for r in rows}) == len(rows)
+  for spec in cfg.models():
+    wide_deep.train_config(cfg, spec)  # TrainConfig validates every field
+  if variant == "imagenet":
+    assert rows[0]["model"] == "imagenet_resnet" and rows[0]["model_kwargs"]["blocks_per_stage"] == (3, 4, 6, 3)
+  if variant == "cifar10_local":
+    subsets = {r["name"]: r["train_subset"] for r in rows}
+    assert subsets["resnet20_x1_seed0"] == 2500 and subsets["resnet20_x1_frac0.25_seed0"] == 620
+
+
+def test_cli_dry_run(capsys):
+  from rsim_jax import cli
+
+  assert cli.main(["study", "wide_deep", "--config", "cifar10", "--dry-run"]) == 0
+  out = capsys.readouterr().out
+  assert "resnet164_x1_seed0" in out and "75 model(s)" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["cifar10", "imagenet"])
+def test_accelerator_variants_take_one_training_step(variant):
+  """The first (smallest) model of each accelerator variant builds and takes one optimiser step (tiny images)."""
+  import jax
+
+  from rsim_jax.train import Program
+
+  cfg = wide_deep.get_config(variant)
+  spec = cfg.models()[0]
+  config = wide_deep.train_config(cfg, spec)
+  program = Program(config, (32, 32, 3), 1000 if variant == "imagenet" else 10, total_steps=10, warmup_steps=0)
+  state = program.init_state()
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(4, 32, 32, 3)).astype(np.float32), "label": np.arange(4, dtype=np.int32)}
+  before = jax.tree.map(lambda a: np.asarray(a, np.float32), state["params"])  # the step donates `state`
+  new_state, metrics = program.train_step(state, batch)
+  assert np.isfinite(float(metrics["loss"]))
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - np.asarray(b, np.float32)).max()),
+                                       before, new_state["params"]))
+  assert max(moved) > 0
