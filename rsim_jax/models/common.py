@@ -178,3 +178,48 @@ def param_count(make: Callable[[], nnx.Module] | nnx.Module) -> int:
   """
   model = make if isinstance(make, nnx.Module) else nnx.eval_shape(make)
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def run_blocks(model: nnx.Module, h: jax.Array, rec: Recorder, keep_blocks: jax.Array | None, *,
+               capture: bool) -> jax.Array:
+  """Applies `model.blocks` in order; with `keep_blocks`, a residual block whose entry is False is removed.
+
+  Removing a block replaces it by its identity shortcut, `y = x` (Veit et al. 2016; the block pruning of
+  Nguyen et al. 2021, Sec. 4). For a post-activation block `y = ReLU(F(x) + x)` on a post-ReLU input this
+  is exactly the block with its residual branch zeroed, so a block whose last BatchNorm scale and bias are
+  0 gives the same logits kept or removed. The choice is `jnp.where(keep, block(x), x)`, so `keep_blocks`
+  may be traced: one compiled forward pass evaluates every pruning pattern (and vmaps over patterns).
+
+  Args:
+    model: a residual model with `blocks` and `block_prefixes`; each block has `proj` (None for an
+      identity shortcut).
+    h: input of the first block.
+    rec: the model's recorder.
+    keep_blocks: None (run all blocks) or a bool array `(len(model.blocks),)` in `model.block_prefixes`
+      order. Entries of blocks with a projection shortcut must be True (they change the shape and cannot
+      be removed); `rsim_jax.analysis.pruning.keep_mask` builds valid masks by name.
+    capture: whether activations are being captured; not allowed with `keep_blocks` (a removed block's
+      layers have no activation of their own).
+  """
+  if keep_blocks is None:
+    for block, prefix in zip(model.blocks, model.block_prefixes):
+      h = block(h, rec, prefix)
+    return h
+  if capture:
+    raise ValueError("`keep_blocks` cannot be combined with `capture=True`: a removed block has no "
+                     "activations of its own; capture the unpruned model instead.")
+  keep_blocks = jnp.asarray(keep_blocks)
+  if keep_blocks.shape != (len(model.blocks),):
+    raise ValueError(f"`keep_blocks` must have shape ({len(model.blocks)},), one entry per residual block in "
+                     f"`model.block_prefixes` order; got {keep_blocks.shape}.")
+  if not isinstance(keep_blocks, jax.core.Tracer):
+    fixed = [p for p, b, k in zip(model.block_prefixes, model.blocks, keep_blocks.tolist())
+             if b.proj is not None and not k]
+    if fixed:
+      raise ValueError(f"Blocks {fixed} have a projection shortcut (they change the shape) and cannot be "
+                       "removed; set their `keep_blocks` entries to True.")
+  for i, (block, prefix) in enumerate(zip(model.blocks, model.block_prefixes)):
+    out = block(h, rec, prefix)
+    # A projection block always runs: its entry is documented to be True and the shapes forbid otherwise.
+    h = out if block.proj is not None else jnp.where(keep_blocks[i], out, h)
+  return h

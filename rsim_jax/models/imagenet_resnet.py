@@ -95,13 +95,12 @@ class ImageNetResNet(nnx.Module):
     self.head = common.dense(cin, num_classes, dtype=dtype, rngs=rngs)
     self.layer_names = tuple(names + ["pool", "logits"])
 
-  def __call__(self, x: jax.Array, *, capture: bool = False):
+  def __call__(self, x: jax.Array, *, capture: bool = False, keep_blocks: jax.Array | None = None):
     common.check_input(x, f"ResNet-{self.depth}", self.in_channels)
     rec = common.Recorder(capture)
     h = nnx.relu(self.stem_bn(self.stem_conv(x)))
     h = rec("stem", nnx.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))))
-    for block, prefix in zip(self.blocks, self.block_prefixes):
-      h = block(h, rec, prefix)
+    h = common.run_blocks(self, h, rec, keep_blocks, capture=capture)
     h = rec("pool", common.global_avg_pool(h))
     logits = rec("logits", self.head(h))
     return rec.result(logits.astype(jax.numpy.float32), self.layer_names)

@@ -65,7 +65,8 @@ class ResNet(nnx.Module):
     rngs: `nnx.Rngs` for the initialisation.
 
   Call: `model(x)` with NHWC float32 `x` → logits `(b, num_classes)`; `model(x, capture=True)` → `(logits,
-  acts)` (see the module docstring for the names).
+  acts)` (see the module docstring for the names); `model(x, keep_blocks=mask)` removes the residual blocks
+  whose entry of the bool mask `(len(model.blocks),)` is False (`common.run_blocks`; block pruning).
   """
 
   def __init__(
@@ -93,12 +94,11 @@ class ResNet(nnx.Module):
     self.head = common.dense(cin, num_classes, dtype=dtype, rngs=rngs)
     self.layer_names = tuple(names + ["pool", "logits"])
 
-  def __call__(self, x: jax.Array, *, capture: bool = False):
+  def __call__(self, x: jax.Array, *, capture: bool = False, keep_blocks: jax.Array | None = None):
     common.check_input(x, f"ResNet-{self.depth}", self.in_channels)
     rec = common.Recorder(capture)
     h = rec("stem", nnx.relu(self.stem_bn(self.stem_conv(x))))
-    for block, prefix in zip(self.blocks, self.block_prefixes):
-      h = block(h, rec, prefix)
+    h = common.run_blocks(self, h, rec, keep_blocks, capture=capture)
     h = rec("pool", common.global_avg_pool(h))
     logits = rec("logits", self.head(h))
     return rec.result(logits.astype(jax.numpy.float32), self.layer_names)

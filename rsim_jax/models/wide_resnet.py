@@ -86,12 +86,11 @@ class WideResNet(nnx.Module):
     self.head = common.dense(cin, num_classes, dtype=dtype, rngs=rngs)
     self.layer_names = tuple(names + ["final", "pool", "logits"])
 
-  def __call__(self, x: jax.Array, *, capture: bool = False):
+  def __call__(self, x: jax.Array, *, capture: bool = False, keep_blocks: jax.Array | None = None):
     common.check_input(x, f"WRN-{self.depth}-{self.widen_factor}", self.in_channels)
     rec = common.Recorder(capture)
     h = rec("stem", self.stem(x))
-    for block, prefix in zip(self.blocks, self.block_prefixes):
-      h = block(h, rec, prefix)
+    h = common.run_blocks(self, h, rec, keep_blocks, capture=capture)
     h = rec("final", nnx.relu(self.final_bn(h)))
     h = rec("pool", common.global_avg_pool(h))
     logits = rec("logits", self.head(h))
