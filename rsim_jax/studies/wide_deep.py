@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rsim_jax import extract, plotting
-from rsim_jax.analysis import block_structure, cross_model, output_errors, principal_components, probes
+from rsim_jax.analysis import block_structure, cross_model, output_errors, principal_components, probes, pruning
 
 Architecture = tuple[int, int]  # (depth, width multiplier)
 
@@ -81,6 +81,9 @@ class WideDeepConfig:
     sample_size: evaluation examples sampled (every layer, flattened) for the PC1 analysis and as probe test
       set; 0 = skip both. Device memory: sample_size × Σ layer widths × 4 bytes per model, twice.
     probe_train_examples: training-split examples the probes are fitted on; 0 = no probes.
+    pruning: measure test accuracy with each removable residual block deleted alone, and cumulatively from
+      the last block back (`analysis.pruning`, no fine-tuning), on the CKA evaluation examples of the main
+      grid (fraction 1, first seed).
   """
 
   train: dict
@@ -98,6 +101,7 @@ class WideDeepConfig:
   max_eval_examples: int | None = None
   sample_size: int = 1000
   probe_train_examples: int = 1000
+  pruning: bool = True
   model: str = "resnet"
 
   def models(self) -> list[ModelSpec]:
@@ -246,7 +250,13 @@ def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path,
   analysis, linear probes, test predictions. Cached as `out_dir/<name>.json`."""
   cache = out_dir / f"{spec.name}.json"
   if cache.exists():
-    return json.loads(cache.read_text())
+    result = json.loads(cache.read_text())
+    if _wants_pruning(cfg, spec) and "pruning" not in result:  # Added to a cached analysis, not recomputed.
+      from rsim_jax.train import load_model
+
+      result["pruning"] = pruning_analysis(cfg, *load_model(model_dir), result["blocks"]["trained"])
+      cache.write_text(json.dumps(result))
+    return result
   from rsim_jax.train import load_model
 
   trained, config = load_model(model_dir)
@@ -287,10 +297,30 @@ def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path,
       accuracy = probes.probe_all_layers(train_sample.samples[0], train_sample.sample_labels,
                                          comparison.samples[0], comparison.sample_labels)
       result["probe_accuracy"] = [accuracy[n] for n in names]
+  if _wants_pruning(cfg, spec):
+    result["pruning"] = pruning_analysis(cfg, trained, config, result["blocks"]["trained"])
   out_dir.mkdir(parents=True, exist_ok=True)
   cache.write_text(json.dumps(result))
   plotting.cka_heatmap(trained_cka, out_dir / f"{spec.name}_cka.png", x_labels=names, y_labels=names,
                        title=f"{spec.name}: test acc {final['test_accuracy']:.3f}")
+  return result
+
+
+def _wants_pruning(cfg: WideDeepConfig, spec: ModelSpec) -> bool:
+  return cfg.pruning and spec.train_fraction == 1.0 and spec.seed == min(cfg.seeds)
+
+
+def pruning_analysis(cfg: WideDeepConfig, model, config, block: dict) -> dict | None:
+  """Test accuracy with residual blocks deleted (Nguyen et al. 2021, Sec. 4): each removable block alone, and
+  cumulatively from the last block back; mean single-block drop inside vs outside the trained block run."""
+  if not pruning.prunable_blocks(model):
+    return None
+  batches, _ = _batches(config, config.eval_split, cfg.cka_batch_size, cfg.max_eval_examples)
+  curve = pruning.pruning_curve(model, batches)
+  result = curve.to_json()
+  result["block_output_layer"] = [pruning.block_layer_span(model, b)[1] for b in curve.blocks]
+  start, end = (block["start"], block["end"]) if block["size"] > 1 else (-1, -2)
+  result.update(pruning.inside_outside_drops(curve, model, start=start, end=end))
   return result
 
 
@@ -436,6 +466,19 @@ def _figures(cfg, specs, results, workdir) -> list[pathlib.Path]:
       figures.append(plotting.layer_profiles(
           {s.label: results[s.name]["probe_accuracy"] for s in main}, workdir / "probe_accuracy.png",
           ylabel="linear probe test accuracy", spans=spans, title="linear probes per layer (shaded: block)"))
+  pruned = [s for s in main if results[s.name].get("pruning")]
+  if pruned:
+    profiles, spans = {}, {}
+    for s in pruned:
+      r = results[s.name]
+      drop = np.full(len(r["layer_names"]), np.nan)
+      drop[r["pruning"]["block_output_layer"]] = r["pruning"]["full_accuracy"] - np.array(r["pruning"]["single_accuracy"])
+      profiles[s.label] = drop
+      if (span := _block_range(r["blocks"]["trained"])) is not None:
+        spans[s.label] = span
+    figures.append(plotting.layer_profiles(
+        profiles, workdir / "pruning.png", ylabel="test accuracy drop", spans=spans, styles={k: "o" for k in profiles},
+        title="deleting one residual block (at its output layer; shaded: block)"))
   if len(cfg.train_fractions) > 1:
     fractions = sorted(cfg.train_fractions)
     series = {}
@@ -490,6 +533,21 @@ def write_report(cfg, specs, results, cross, population, figures, workdir: pathl
         f"{_fmt(b['trained_pc1_fraction'], '.2f')} / {_fmt(b['baseline_pc1_fraction'], '.2f')} | "
         f"{'yes' if b['has_block'] else 'no'} | {cka_cell} | {probe_cell} |"
     )
+  pruned = [spec for spec in specs if results[spec.name].get("pruning")]
+  if pruned:
+    lines += ["", "## Block pruning: test accuracy with one residual block deleted (no fine-tuning)", "",
+              "Inside = blocks whose output layer lies in the trained block run. Cumulative: the last k removable "
+              "blocks deleted together.", "",
+              "| model | full acc | blocks inside / outside | mean drop inside | mean drop outside | max drop | "
+              "acc. with last 25% / 50% deleted |", "|---|---:|---|---:|---:|---:|---|"]
+    for spec in pruned:
+      p = results[spec.name]["pruning"]
+      drops = p["full_accuracy"] - np.array(p["single_accuracy"])
+      cum = p["cumulative_accuracy"]
+      quarter, half = cum[max(len(cum) // 4 - 1, 0)], cum[max(len(cum) // 2 - 1, 0)]
+      lines.append(f"| {spec.name} | {p['full_accuracy']:.3f} | {len(p['inside'])} / {len(p['outside'])} | "
+                   f"{_fmt(p['mean_drop_inside'])} | {_fmt(p['mean_drop_outside'])} | {drops.max():.3f} | "
+                   f"{quarter:.3f} / {half:.3f} |")
   if cross:
     lines += ["", "## Cross-model CKA of corresponding layers (relative depth), inside vs outside the blocks", "",
               "| kind | A | B | mean CKA outside (pairs) | mean CKA inside (pairs) |", "|---|---|---|---|---|"]

@@ -64,8 +64,18 @@ def test_study_runs_end_to_end_and_resumes(tmp_path, fake_data, depths):
     assert all(c >= f - 1e-6 for c, f in zip(pc1["cka_with_pc1"], pc1["pc1_fraction"]))  # sqrt(λ₁²/Σλ²) ≥ λ₁/Σλ
     assert len(result["probe_accuracy"]) == num_layers and all(0 <= a <= 1 for a in result["probe_accuracy"])
     assert len(result["predictions"]) == len(result["labels"]) == 100
+    spec = wide_deep.ModelSpec(**result["spec"])
+    if spec.seed == 0:  # Block pruning on the main grid: ResNet-8's one removable block is stage1.block0.
+      prune = result["pruning"]
+      assert prune["blocks"] == prune["order"] == ["stage1.block0"]
+      assert prune["full_accuracy"] == pytest.approx(result["test_accuracy"], abs=1e-6)
+      assert 0 <= prune["single_accuracy"][0] <= 1 and prune["cumulative_accuracy"] == prune["single_accuracy"]
+      assert prune["block_output_layer"] == [result["layer_names"].index("stage1.block0.out")]
+      assert sorted(prune["inside"] + prune["outside"]) == ["stage1.block0"]
+    else:
+      assert "pruning" not in result
   assert (tmp_path / "cka_grid_frac1_seed0.png").stat().st_size > 1000
-  for figure in ("cka_grid_pc1_removed.png", "pc1_fraction.png", "probe_accuracy.png"):
+  for figure in ("cka_grid_pc1_removed.png", "pc1_fraction.png", "probe_accuracy.png", "pruning.png"):
     assert (tmp_path / figure).stat().st_size > 1000
   summary = json.loads((tmp_path / "results.json").read_text())
   kinds = {(c["kind"], c["a"], c["b"]) for c in summary["cross"]}
@@ -73,7 +83,7 @@ def test_study_runs_end_to_end_and_resumes(tmp_path, fake_data, depths):
   cross = json.loads((tmp_path / "analysis" / "cross_resnet8_x1_seed0__resnet8_x1_seed1.json").read_text())
   assert np.array(cross["cross_cka"]).shape == (num_layers, num_layers)
   assert summary["population"]["num_seeds"] == 2 and "p_value" in summary["population"]["examples"]
-  assert "Output level" in text and "Cross-model CKA" in text
+  assert "Output level" in text and "Cross-model CKA" in text and "Block pruning" in text
   # A second run resumes: nothing is retrained or re-extracted.
   stamp = (tmp_path / "analysis" / "resnet8_x1_seed0.json").stat().st_mtime_ns
   wide_deep.run(cfg, tmp_path)
