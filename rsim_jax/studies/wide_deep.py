@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import pathlib
 from collections.abc import Sequence
 
@@ -81,6 +82,9 @@ class WideDeepConfig:
     sample_size: evaluation examples sampled (every layer, flattened) for the PC1 analysis and as probe test
       set; 0 = skip both. Device memory: sample_size × Σ layer widths × 4 bytes per model, twice.
     probe_train_examples: training-split examples the probes are fitted on; 0 = no probes.
+    subset_budget: training budget of models on a fraction f < 1 of the data: "steps" = as many optimiser
+      steps as the full-data models (num_epochs / f epochs), so small sets are fitted too (NOTES.md: the block
+      is a property of models that fit their training data); "epochs" = the same number of epochs.
     pruning: measure test accuracy with each removable residual block deleted alone, and cumulatively from
       the last block back (`analysis.pruning`, no fine-tuning), on the CKA evaluation examples of the main
       grid (fraction 1, first seed).
@@ -101,8 +105,13 @@ class WideDeepConfig:
   max_eval_examples: int | None = None
   sample_size: int = 1000
   probe_train_examples: int = 1000
+  subset_budget: str = "steps"
   pruning: bool = True
   model: str = "resnet"
+
+  def __post_init__(self):
+    if self.subset_budget not in ("steps", "epochs"):
+      raise ValueError(f"`subset_budget` must be 'steps' or 'epochs'; got {self.subset_budget!r}.")
 
   def models(self) -> list[ModelSpec]:
     grid = [(depth, 1) for depth in self.depths]
@@ -159,7 +168,7 @@ def get_config(variant: str = "local") -> WideDeepConfig:
         train_fractions=(1.0, 0.25, 0.0625), cka_batch_size=256,
         population=((26, 8), (110, 1)), population_seeds=tuple(range(10)),
         cross_architectures=(((110, 1), (26, 8)), ((164, 1), (38, 10))), sample_size=500,
-        probe_train_examples=5000,
+        probe_train_examples=5000, subset_budget="epochs",
     )
   if variant == "imagenet":
     # Nguyen et al. 2021, Sec. 7: ImageNet ResNets of increasing depth and width, the standard recipe (SGD
@@ -198,6 +207,8 @@ def train_config(cfg: WideDeepConfig, spec: ModelSpec):
   else:
     classes = 10
     subset = max(classes, int(round(base * spec.train_fraction / classes)) * classes)
+  if spec.train_fraction < 1.0 and cfg.subset_budget == "steps" and "num_epochs" in kwargs:
+    kwargs["num_epochs"] = int(math.ceil(kwargs["num_epochs"] / spec.train_fraction))
   return TrainConfig(model=cfg.model, model_kwargs=model_kwargs, train_subset=subset, seed=spec.seed, **kwargs)
 
 

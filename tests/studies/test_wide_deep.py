@@ -35,6 +35,13 @@ def test_grid_of_models():
   paper = wide_deep.get_config("cifar10").models()
   assert {(s.depth, s.width) for s in paper} >= {(164, 1), (38, 10), (14, 8)}
   assert {s.train_fraction for s in paper} == {1.0, 0.25, 0.0625}
+  # Subsets train for as many steps as the full set (local variants) or as many epochs (the paper's grid).
+  rows = {r["name"]: r for r in wide_deep.plan(wide_deep.get_config("local"))}
+  assert rows["resnet20_x1_frac0.25_seed0"]["num_epochs"] == 4 * rows["resnet20_x1_seed0"]["num_epochs"]
+  rows = {r["name"]: r for r in wide_deep.plan(wide_deep.get_config("cifar10"))}
+  assert rows["resnet14_x1_frac0.0625_seed0"]["num_epochs"] == rows["resnet14_x1_seed0"]["num_epochs"]
+  with pytest.raises(ValueError, match="subset_budget"):
+    wide_deep.WideDeepConfig(train={}, depths=(8,), widths=(1,), width_depths=(), subset_budget="time")
   with pytest.raises(ValueError, match="Unknown wide_deep variant"):
     wide_deep.get_config("huge")
 
