@@ -16,6 +16,7 @@ seed changes? Two questions, each against the seed-to-seed baseline:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 from scipy import stats
@@ -173,7 +174,10 @@ def compare_class_accuracy(predictions_a, predictions_b, labels, *, alpha: float
   num_classes = int(labels.max()) + 1
   acc_a = per_class_accuracy(predictions_a, labels, num_classes=num_classes)
   acc_b = per_class_accuracy(predictions_b, labels, num_classes=num_classes)
-  with np.errstate(invalid="ignore", divide="ignore"):
+  # Classes every seed of both populations gets equally right (common on easy data) have zero variance; scipy
+  # warns about them and returns NaN, which the next line reads as "no evidence of a difference".
+  with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
     p = stats.ttest_ind(acc_a, acc_b, axis=0, equal_var=False).pvalue
   p = np.where(np.isfinite(p), p, 1.0)  # identical constant accuracies: no evidence of a difference
   return ClassLevelComparison(
