@@ -132,7 +132,8 @@ class WideDeepConfig:
 
 
 def get_config(variant: str = "local") -> WideDeepConfig:
-  """The study's variants: "local" (digits), "cifar10_local" (CIFAR-10 subset, CPU), "cifar10" (the paper)."""
+  """The study's variants: "local" (digits), "local_long" (digits, 8× the epochs), "cifar10_local" (CIFAR-10
+  subset, CPU), "cifar10" (the paper's grid), "imagenet" (ImageNet ResNets)."""
   if variant == "local":
     # NOTES.md: on digits, ResNet-20 ×1 vs ResNet-56 ×1 for depth, ×1 vs ×4 for width. 15 epochs fit the training
     # set (train accuracy 1.0 from epoch ~14 at 30 epochs) and keep the whole study near 15 minutes on 2 cores.
@@ -145,6 +146,13 @@ def get_config(variant: str = "local") -> WideDeepConfig:
         population=((20, 1), (56, 1)), population_seeds=(0, 1, 2, 3),
         cross_architectures=(((56, 1), (20, 4)),),
         cka_batch_size=128, sample_size=360, probe_train_examples=1000,
+    )
+  if variant == "local_long":
+    # Does longer training grow a block on digits? ResNet-20 ×1 and ResNet-56 ×1 for 120 epochs (8× local).
+    base = get_config("local")
+    return dataclasses.replace(
+        base, train={**base.train, "num_epochs": 120}, widths=(1,), width_depths=(), train_fractions=(1.0,),
+        fraction_architectures=None, population=(), cross_architectures=(),
     )
   if variant == "cifar10_local":
     # CIFAR-10 on a CPU (NOTES.md): 2,500 training images at 16×16, no augmentation (fit the training set),
@@ -184,7 +192,8 @@ def get_config(variant: str = "local") -> WideDeepConfig:
         cka_batch_size=256, max_eval_examples=10_000, sample_size=256, probe_train_examples=0,
     )
   raise ValueError(
-      f"Unknown wide_deep variant {variant!r}; choose 'local', 'cifar10_local', 'cifar10' or 'imagenet'."
+      f"Unknown wide_deep variant {variant!r}; choose 'local', 'local_long', 'cifar10_local', 'cifar10' or "
+      "'imagenet'."
   )
 
 

@@ -97,7 +97,7 @@ def test_study_runs_end_to_end_and_resumes(tmp_path, fake_data, depths):
   assert (tmp_path / "analysis" / "resnet8_x1_seed0.json").stat().st_mtime_ns == stamp
 
 
-@pytest.mark.parametrize("variant", ["local", "cifar10_local", "cifar10", "imagenet"])
+@pytest.mark.parametrize("variant", ["local", "local_long", "cifar10_local", "cifar10", "imagenet"])
 def test_every_variant_plans_valid_train_configs(variant):
   cfg = wide_deep.get_config(variant)
   rows = wide_deep.plan(cfg)
