@@ -276,6 +276,7 @@ def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path,
 
       result["pruning"] = pruning_analysis(cfg, *load_model(model_dir), result["blocks"]["trained"])
       cache.write_text(json.dumps(result))
+    _model_heatmap(spec, result, out_dir)
     return result
   from rsim_jax.train import load_model
 
@@ -321,9 +322,16 @@ def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path,
     result["pruning"] = pruning_analysis(cfg, trained, config, result["blocks"]["trained"])
   out_dir.mkdir(parents=True, exist_ok=True)
   cache.write_text(json.dumps(result))
-  plotting.cka_heatmap(trained_cka, out_dir / f"{spec.name}_cka.png", x_labels=names, y_labels=names,
-                       title=f"{spec.name}: test acc {final['test_accuracy']:.3f}")
+  _model_heatmap(spec, result, out_dir)
   return result
+
+
+def _model_heatmap(spec: ModelSpec, result: dict, out_dir: pathlib.Path) -> None:
+  path = out_dir / f"{spec.name}_cka.png"
+  if not path.exists():
+    names = result["layer_names"]
+    plotting.cka_heatmap(np.array(result["cka_trained"]), path, x_labels=names, y_labels=names,
+                         title=f"{spec.name}: test acc {result['test_accuracy']:.3f}")
 
 
 def _wants_pruning(cfg: WideDeepConfig, spec: ModelSpec) -> bool:
@@ -348,8 +356,20 @@ def cross_analysis(cfg: WideDeepConfig, a: ModelSpec, b: ModelSpec, workdir: pat
   """Cross-model CKA of two trained models (another seed or another architecture), inside vs outside their
   blocks (`analysis.cross_model`). Cached as `analysis/cross_<a>__<b>.json`."""
   cache = workdir / "analysis" / f"cross_{a.name}__{b.name}.json"
+  figure = workdir / f"cross_{a.name}__{b.name}.png"
   if cache.exists():
-    return json.loads(cache.read_text())
+    out = json.loads(cache.read_text())
+  else:
+    out = _cross_cka(cfg, a, b, workdir, results)
+    cache.write_text(json.dumps(out))
+  if not figure.exists():  # Also redrawn from the cache (a copied or pruned work directory).
+    plotting.cka_heatmap(np.array(out["cross_cka"]).T, figure, x_labels=results[a.name]["layer_names"],
+                         y_labels=results[b.name]["layer_names"],
+                         title=f"{a.label} (seed {a.seed}) vs {b.label} (seed {b.seed})", x_name=a.name, y_name=b.name)
+  return out
+
+
+def _cross_cka(cfg: WideDeepConfig, a: ModelSpec, b: ModelSpec, workdir: pathlib.Path, results: dict) -> dict:
   from rsim_jax.train import load_model
 
   model_a, config = load_model(workdir / "models" / a.name)
@@ -364,12 +384,7 @@ def cross_analysis(cfg: WideDeepConfig, a: ModelSpec, b: ModelSpec, workdir: pat
                                  blk["threshold"], ()) if has else None
 
   summary = cross_model.summarize_cross_cka(comparison.cross.matrix, block(a), block(b))
-  out = {"a": a.name, "b": b.name, "cross_cka": comparison.cross.matrix.tolist(), "summary": summary.to_json()}
-  cache.write_text(json.dumps(out))
-  plotting.cka_heatmap(comparison.cross.matrix.T, workdir / f"cross_{a.name}__{b.name}.png",
-                       x_labels=comparison.cross.x_names, y_labels=comparison.cross.y_names,
-                       title=f"{a.label} (seed {a.seed}) vs {b.label} (seed {b.seed})", x_name=a.name, y_name=b.name)
-  return out
+  return {"a": a.name, "b": b.name, "cross_cka": comparison.cross.matrix.tolist(), "summary": summary.to_json()}
 
 
 def _cross_pairs(cfg: WideDeepConfig, specs: Sequence[ModelSpec]) -> list[tuple[ModelSpec, ModelSpec, str]]:

@@ -91,10 +91,14 @@ def test_study_runs_end_to_end_and_resumes(tmp_path, fake_data, depths):
   assert np.array(cross["cross_cka"]).shape == (num_layers, num_layers)
   assert summary["population"]["num_seeds"] == 2 and "p_value" in summary["population"]["examples"]
   assert "Output level" in text and "Cross-model CKA" in text and "Block pruning" in text
-  # A second run resumes: nothing is retrained or re-extracted.
+  # A second run resumes: nothing is retrained or re-extracted; figures deleted since are redrawn from the caches.
   stamp = (tmp_path / "analysis" / "resnet8_x1_seed0.json").stat().st_mtime_ns
+  cross_png = tmp_path / "cross_resnet8_x1_seed0__resnet8_x1_seed1.png"
+  cross_png.unlink()
+  (tmp_path / "analysis" / "resnet8_x1_seed0_cka.png").unlink()
   wide_deep.run(cfg, tmp_path)
   assert (tmp_path / "analysis" / "resnet8_x1_seed0.json").stat().st_mtime_ns == stamp
+  assert cross_png.stat().st_size > 1000 and (tmp_path / "analysis" / "resnet8_x1_seed0_cka.png").exists()
 
 
 @pytest.mark.parametrize("variant", ["local", "local_long", "cifar10_local", "cifar10", "imagenet"])
