@@ -1,6 +1,7 @@
 """The `rsim` command.
 
   rsim cka X.npz [Y.npz] --out DIR      all-layer minibatch CKA heatmap of stored activations
+  rsim cka RUN_A [RUN_B] --out DIR      ... or of trained models (`rsim train` / study work directories)
   rsim study wide_deep --config local --workdir DIR   a study end to end (train, extract, analyse, report)
   rsim train --config FILE[:VARIANT] --workdir DIR    one training run (see `python -m rsim_jax.train -h`)
 """
@@ -20,13 +21,37 @@ def _load_npz_layers(path: str) -> dict:
     return {name: data[name] for name in data.files}
 
 
+def _is_run(path: str) -> bool:
+  return pathlib.Path(path, "config.json").is_file()
+
+
+def _models_cka(args, mesh):
+  """Streams a trained model's evaluation split (or `--split`) through one or two trained models."""
+  from rsim_jax import extract
+  from rsim_jax.train import load_model
+
+  model_x, config = load_model(args.x)
+  models = [model_x] + ([load_model(args.y)[0]] if args.y else [])
+  batches, total = extract.split_batches(config, split=args.split, batch_size=args.batch_size,
+                                         max_examples=args.max_examples)
+  comparison = extract.compare_models(models, batches, mesh=mesh, total=total)
+  return comparison.cross if args.y else comparison.within[0]
+
+
 def cmd_cka(args) -> int:
   from rsim_jax import extract, parallel, plotting
 
-  xs = _load_npz_layers(args.x)
-  ys = _load_npz_layers(args.y) if args.y else None
+  runs = [_is_run(p) for p in (args.x, args.y) if p]
+  if any(runs) and not all(runs):
+    raise SystemExit("rsim cka: give two .npz activation files or two trained-model work directories "
+                     "(holding config.json), not one of each.")
   mesh = parallel.data_mesh() if args.sharded else None
-  result = extract.minibatch_cka_of_arrays(xs, ys, batch_size=args.batch_size, mesh=mesh)
+  if all(runs):
+    result = _models_cka(args, mesh)
+  else:
+    xs = _load_npz_layers(args.x)
+    ys = _load_npz_layers(args.y) if args.y else None
+    result = extract.minibatch_cka_of_arrays(xs, ys, batch_size=args.batch_size, mesh=mesh)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   (out / "cka.json").write_text(json.dumps(result.to_json(), indent=1))
@@ -66,9 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="rsim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
 
-  p = sub.add_parser("cka", help="minibatch CKA heatmap of stored activations (.npz: layer name -> (N, ...))")
-  p.add_argument("x", help=".npz of the first model's activations")
-  p.add_argument("y", nargs="?", help=".npz of a second model's activations on the same examples")
+  p = sub.add_parser("cka", help="minibatch CKA heatmap of stored activations (.npz: layer name -> (N, ...)) "
+                     "or of trained models (work directories)")
+  p.add_argument("x", help=".npz of the first model's activations, or a trained model's work directory")
+  p.add_argument("y", nargs="?", help="the same for a second model (same examples / same data)")
+  p.add_argument("--split", default=None, help="trained models: split to stream (default: the evaluation split)")
+  p.add_argument("--max-examples", type=int, default=None,
+                 help="trained models: a class-balanced subset of the split of this size")
   p.add_argument("--out", default="runs/cka", help="output directory")
   p.add_argument("--batch-size", type=int, default=256, help="CKA minibatch size (per device when --sharded)")
   p.add_argument("--sharded", action="store_true", help="split batches over all devices (one minibatch each)")

@@ -462,3 +462,26 @@ def sample_activations(
   comparison = compare_models(model, batches, layers=layers, cka=False, sample_size=num_examples,
                               sample_seed=seed, mesh=mesh, total=total, progress=progress)
   return comparison.samples[0]
+
+
+def split_batches(config, *, split: str | None = None, batch_size: int = 256, max_examples: int | None = None,
+                  seed: int = 0):
+  """Evaluation batches of a trained model's data, for `compare_models`: `(batches, number of batches)`.
+
+  Args:
+    config: the model's `TrainConfig` (from `rsim_jax.train.load_model`): its data source and options.
+    split: the split to stream (default: the config's evaluation split).
+    batch_size: examples per batch (the CKA minibatch).
+    max_examples: cap on examples; a class-balanced seeded subset (`data.subsample`) when the split allows
+      one, else the first `max_examples` (None = the whole split).
+    seed: seed of that subset.
+  """
+  from rsim_jax import data
+
+  ds = data.load(config.data, split or config.eval_split, **config.data_kwargs)
+  if max_examples is not None and max_examples < len(ds.labels):
+    try:
+      ds = data.subsample(ds, count=max_examples - max_examples % ds.num_classes, seed=seed)
+    except (ValueError, AttributeError):
+      ds = data.select(ds, np.arange(max_examples))
+  return data.eval_batches(ds, batch_size=batch_size), -(-len(ds.labels) // batch_size)

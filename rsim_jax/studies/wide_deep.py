@@ -248,17 +248,7 @@ def initial_model(workdir: pathlib.Path):
 
 
 def _batches(config, split: str, batch_size: int, max_examples: int | None):
-  from rsim_jax import data
-
-  ds = data.load(config.data, split, **config.data_kwargs)
-  if max_examples is not None and max_examples < len(ds.labels):
-    # A class-balanced subset when the split allows it, else the first examples.
-    try:
-      ds = data.subsample(ds, count=max_examples - max_examples % ds.num_classes, seed=0)
-    except (ValueError, AttributeError):
-      ds = data.select(ds, np.arange(max_examples))
-  total = -(-len(ds.labels) // batch_size)
-  return data.eval_batches(ds, batch_size=batch_size), total
+  return extract.split_batches(config, split=split, batch_size=batch_size, max_examples=max_examples)
 
 
 def _block_range(block: dict) -> tuple[int, int] | None:
