@@ -218,6 +218,9 @@ def train_config(cfg: WideDeepConfig, spec: ModelSpec):
     subset = max(classes, int(round(base * spec.train_fraction / classes)) * classes)
   if spec.train_fraction < 1.0 and cfg.subset_budget == "steps" and "num_epochs" in kwargs:
     kwargs["num_epochs"] = int(math.ceil(kwargs["num_epochs"] / spec.train_fraction))
+    # Epochs are short now: evaluating the whole test split and saving after each would dominate the run.
+    kwargs.setdefault("eval_every_steps", 0)
+    kwargs.setdefault("checkpoint_every_steps", 200)
   return TrainConfig(model=cfg.model, model_kwargs=model_kwargs, train_subset=subset, seed=spec.seed, **kwargs)
 
 

@@ -190,7 +190,9 @@ def _check_workdir_config(workdir: pathlib.Path, config: TrainConfig) -> None:
   path = workdir / CONFIG_FILE
   if path.exists():
     saved = TrainConfig.from_json(path.read_text())
-    ignore = {"progress", "num_devices"}  # a run may resume on another machine
+    # A run may resume on another machine, and how often it evaluates, logs or saves does not change its result.
+    ignore = {"progress", "num_devices", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+              "log_every_steps"}
     differ = sorted(k for k, v in config.to_dict().items() if k not in ignore and saved.to_dict()[k] != v)
     if differ:
       raise ValueError(

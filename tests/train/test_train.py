@@ -121,6 +121,9 @@ def test_workdir_with_another_config_is_refused(full_run, fake_data_package):
   config, workdir, _ = full_run
   with pytest.raises(ValueError, match="different config.*lr"):
     train(config.replace(lr=0.2), workdir)
+  # How often a run evaluates or saves does not change its result: such a config resumes (here: is complete).
+  final = train(config.replace(eval_every_steps=0, checkpoint_every_steps=100, log_every_steps=7), workdir)
+  assert final["step"] == 12
 
 
 def test_batch_must_divide_over_devices(fake_data_package, tmp_path):
