@@ -186,8 +186,9 @@ def run_blocks(model: nnx.Module, h: jax.Array, rec: Recorder, keep_blocks: jax.
 
   Removing a block replaces it by its identity shortcut, `y = x` (Veit et al. 2016; the block pruning of
   Nguyen et al. 2021, Sec. 4). For a post-activation block `y = ReLU(F(x) + x)` on a post-ReLU input this
-  is exactly the block with its residual branch zeroed, so a block whose last BatchNorm scale and bias are
-  0 gives the same logits kept or removed. The choice is `jnp.where(keep, block(x), x)`, so `keep_blocks`
+  is exactly the block with its residual branch zeroed (a block whose last BatchNorm scale and bias are 0
+  gives the same logits kept or removed); for a pre-activation block `y = x + F(x)` (WideResNet) likewise
+  with `F = 0`. The choice is `jnp.where(keep, block(x), x)`, so `keep_blocks`
   may be traced: one compiled forward pass evaluates every pruning pattern (and vmaps over patterns).
 
   Args:
