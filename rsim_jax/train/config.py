@@ -46,7 +46,10 @@ class TrainConfig:
     train_split, eval_split: split names.
     train_subset: None (all), an int (that many training examples) or a float in (0, 1] (that fraction),
       a seeded random subset (Nguyen et al. vary the training-set size this way).
-    augment: random crop + flip on the training batches.
+    augment: random crop + flip on the training batches (Inception crop + flip for variable-size images).
+    stream: read the splits record by record (`rsim_jax.data.open_source`, through grain) instead of loading
+      them into memory. None: stream tfds data sets whose images vary in size (ImageNet), load the rest; True:
+      also stream fixed-size tfds sets; False: always load. The batches are the same either way.
 
   Optimisation: SGD with momentum (He et al. 2016)
     batch_size: global batch, split over all devices (must divide evenly).
@@ -79,6 +82,7 @@ class TrainConfig:
   eval_split: str = "test"
   train_subset: int | float | None = None
   augment: bool = False
+  stream: bool | None = None
   batch_size: int = 128
   eval_batch_size: int = 512
   num_epochs: float = 10.0
@@ -121,6 +125,8 @@ class TrainConfig:
       bad(f"dtype={self.dtype!r}; choose one of {DTYPES}.")
     if self.schedule not in SCHEDULES:
       bad(f"schedule={self.schedule!r}; choose one of {SCHEDULES}.")
+    if self.stream not in (None, True, False):
+      bad(f"stream={self.stream!r} must be None (stream variable-size tfds sets), True or False.")
     if self.batch_size < 1 or self.eval_batch_size < 1:
       bad("batch sizes must be positive.")
     if self.num_steps is None and not self.num_epochs > 0:

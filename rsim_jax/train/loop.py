@@ -9,11 +9,20 @@ of a mesh of all devices (`rsim_jax.parallel.data_mesh`) and the state replicate
 global batch, so BatchNorm statistics, the loss and the gradients are those of the global batch: 8 devices
 compute what 1 device computes (up to the order of floating-point sums).
 
+Data: the training and evaluation splits are held in memory (`rsim_jax.data.load`) or, for data sets that
+cannot be (ImageNet through tfds: images of varying size) or with `stream=True`, read record by record from a
+random-access source (`rsim_jax.data.open_source`) through grain, with the Inception crop + flip for training
+and resize + centre crop for evaluation. Both paths make the same batches: global step s of seed `seed` holds
+the same examples (augmented the same way) however the run was interrupted and resumed, and each process reads
+only its rows of every global batch (`train_batches`'s process share), assembled into the global batch with
+`jax.make_array_from_process_local_data` (`data.to_global`).
+
 Work directory layout:
     config.json           the `TrainConfig`
     metrics.jsonl         one JSON object per line (train: loss, accuracy, lr, images/s; test: loss, accuracy)
     checkpoints/<step>/   Orbax checkpoints (params, BatchNorm statistics, optimizer state, step)
     run_info.json         what the model and schedule took from the data (image shape, classes, steps)
+    train_subset_indices.npy  a streamed run's `train_subset` (positions in the split; its labels are read once)
     final_metrics.json    written when the run completes
 """
 
@@ -40,6 +49,7 @@ from rsim_jax.train.metrics import MetricsWriter
 CONFIG_FILE = "config.json"
 FINAL_FILE = "final_metrics.json"
 RUN_INFO_FILE = "run_info.json"
+SUBSET_FILE = "train_subset_indices.npy"
 
 # The train state is a plain dict of arrays, so that it jits, shards and checkpoints as one pytree:
 #   step: int32 scalar; params: pure dict of nnx.Param values; model_state: pure dict of the other model
@@ -131,19 +141,70 @@ class Program:
 
 def _data():
   """`rsim_jax.data`, imported on use (tests substitute a stand-in with the same functions: `load`,
-  `subsample`, `train_batches`, `eval_batches`, `to_global`)."""
+  `subsample`, `train_batches`, `eval_batches`, `to_global`; `open_source` and `subset_indices` where the
+  stand-in streams)."""
   from rsim_jax import data  # noqa: PLC0415
 
   return data
 
 
-def _subset(ds, subset: int | float | None, seed: int):
+def _in_memory(ds) -> bool:
+  return hasattr(ds, "images")
+
+
+def _open_split(config: TrainConfig, split: str):
+  """Split `split` of `config.data`: in memory (`load`) unless it streams (see `TrainConfig.stream`).
+
+  The data package's `open_source` gives the in-memory `ArrayDataset` for in-memory specs, so those are loaded
+  exactly as by `load`; a tfds source is kept as a streaming source when `stream` is True, or is None and its
+  images vary in size (they cannot be one array), and is loaded into memory otherwise.
+  """
+  data = _data()
+  open_source = getattr(data, "open_source", None)
+  if config.stream is False or open_source is None:
+    return data.load(config.data, split, **config.data_kwargs)
+  src = open_source(config.data, split, **config.data_kwargs)
+  if _in_memory(src) or config.stream or getattr(src, "variable_size", False):
+    return src
+  return data.load(config.data, split, **config.data_kwargs)
+
+
+def _num_examples(ds) -> int:
+  return len(ds.labels) if _in_memory(ds) else len(ds)
+
+
+def _image_shape(ds) -> list[int]:
+  return [int(s) for s in (ds.images.shape[1:] if _in_memory(ds) else ds.image_shape)]
+
+
+def _subset(ds, subset: int | float | None, seed: int, *, cache: pathlib.Path | None = None):
   """`train_subset` of the training split: `data.subsample`'s class-balanced, seeded subset of that many
-  examples (int) or that fraction (float); smaller subsets of one seed are nested in larger ones."""
+  examples (int) or that fraction (float); smaller subsets of one seed are nested in larger ones.
+
+  A streaming source is subset from its labels alone (`source.labels`, read without decoding the images: for
+  ImageNet one pass over the records); the chosen positions are kept in `cache` so that a resumed run does not
+  read the labels again.
+  """
   if subset is None:
     return ds
   key = "fraction" if isinstance(subset, float) else "count"
-  return _data().subsample(ds, **{key: subset}, seed=seed)
+  if _in_memory(ds):
+    return _data().subsample(ds, **{key: subset}, seed=seed)
+  if not (hasattr(type(ds), "labels") or hasattr(ds, "labels")) or not hasattr(ds, "select"):
+    raise ValueError(
+        f"train_subset={subset!r} needs the labels of the training split, which the streaming source "
+        f"{type(ds).__name__} cannot give without decoding every image; set train_subset=None, or use a source "
+        "with `labels` and `select` (a TfdsSource, or an in-memory spec)."
+    )
+  if cache is not None and cache.exists():
+    indices = np.load(cache)
+  else:
+    indices = _data().subset_indices(ds.labels, ds.num_classes, **{key: subset}, seed=seed)
+    if cache is not None and jax.process_index() == 0:
+      tmp = cache.with_name(cache.name + ".tmp.npy")
+      np.save(tmp, indices)
+      tmp.replace(cache)  # atomic: a run killed while writing leaves no half file
+  return ds.select(indices)
 
 
 def _to_global(batch, mesh):
@@ -191,8 +252,9 @@ def _check_workdir_config(workdir: pathlib.Path, config: TrainConfig) -> None:
   if path.exists():
     saved = TrainConfig.from_json(path.read_text())
     # A run may resume on another machine, and how often it evaluates, logs or saves does not change its result.
+    # Streaming or in-memory data give the same batches.
     ignore = {"progress", "num_devices", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-              "log_every_steps"}
+              "log_every_steps", "stream"}
     differ = sorted(k for k, v in config.to_dict().items() if k not in ignore and saved.to_dict()[k] != v)
     if differ:
       raise ValueError(
@@ -225,7 +287,6 @@ def train(
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   _check_workdir_config(workdir, config)
-  data = _data()
 
   mesh = parallel.data_mesh(config.num_devices)
   num_devices = mesh.shape[parallel.DATA_AXIS]
@@ -236,15 +297,15 @@ def train(
           f"choose a multiple of {num_devices} or set num_devices."
       )
 
-  train_ds = _subset(data.load(config.data, config.train_split, **config.data_kwargs), config.train_subset,
-                     config.seed)
-  eval_ds = data.load(config.data, config.eval_split, **config.data_kwargs)
-  num_train = len(train_ds.labels)
+  train_ds = _subset(_open_split(config, config.train_split), config.train_subset, config.seed,
+                     cache=workdir / SUBSET_FILE)
+  eval_ds = _open_split(config, config.eval_split)
+  num_train = _num_examples(train_ds)
   steps_per_epoch = config.steps_per_epoch(num_train)
   total_steps = config.total_steps(num_train)
   max_steps = config.max_steps(num_train)
   warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
-  info = {"image_shape": [int(s) for s in train_ds.images.shape[1:]], "num_classes": int(train_ds.num_classes),
+  info = {"image_shape": _image_shape(train_ds), "num_classes": int(train_ds.num_classes),
           "num_train": num_train, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
           "warmup_steps": warmup_steps, "num_devices": num_devices}
   (workdir / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
@@ -363,6 +424,7 @@ def _run(config, program, state, start, train_ds, eval_ds, *, mesh, ckpt, writer
     save()
   finally:
     bar.close()
+    batches.close()  # stops a streaming pipeline's reader threads
   final = {
       "step": step,
       "epoch": step / steps_per_epoch,
