@@ -305,7 +305,10 @@ def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path,
     summary = principal_components.pc1_summary(comparison.samples[0], block=block)
     result["pc1"] = {**summary, "pc1_fraction_init": init_pc1, "num_examples": len(comparison.sample_labels)}
     if cfg.probe_train_examples:
-      train_batches, train_total = _batches(config, config.train_split, cfg.cka_batch_size, None)
+      # A class-balanced pool of 4× the probe set to draw from: streaming all of a 50k-image split through a deep
+      # net to keep 1,000 examples would cost more than the rest of the analysis.
+      train_batches, train_total = _batches(config, config.train_split, cfg.cka_batch_size,
+                                            4 * cfg.probe_train_examples)
       train_sample = extract.compare_models(trained, train_batches, cka=False, total=train_total,
                                             sample_size=cfg.probe_train_examples, sample_seed=1, progress=False)
       accuracy = probes.probe_all_layers(train_sample.samples[0], train_sample.sample_labels,
