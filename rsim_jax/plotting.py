@@ -104,8 +104,8 @@ def cka_heatmap_grid(
         ax.set_ylabel(row_labels[i], fontsize=9)
   if image is not None:
     fig.colorbar(image, ax=axes, fraction=0.02, pad=0.02, label="CKA")
-  if suptitle:
-    fig.suptitle(suptitle, fontsize=10)
+  if suptitle:  # Above the panel titles (saved with a tight bounding box, so the figure grows to fit it).
+    fig.suptitle(suptitle, fontsize=10, y=1.0 + 0.12 / rows)
   return _save(fig, path)
 
 
