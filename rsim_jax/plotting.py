@@ -181,3 +181,57 @@ def metric_lines(
   ax.legend(fontsize=7, frameon=False)
   ax.grid(alpha=0.3)
   return _save(fig, path)
+
+
+def output_differences(
+    error_rate_a: Sequence[float],
+    error_rate_b: Sequence[float],
+    class_accuracy_a: Sequence[float],
+    class_accuracy_b: Sequence[float],
+    path,
+    *,
+    label_a: str,
+    label_b: str,
+    significant_classes: Sequence[bool] | None = None,
+    title: str | None = None,
+) -> pathlib.Path:
+  """Two populations of models compared at the output (Nguyen et al. 2021, Sec. 6, Fig. 9–10).
+
+  Left: each test example's error rate over population A's seeds against B's (examples every model gets
+  right sit at the origin and are left out; points off the diagonal are examples one architecture finds
+  harder). Right: per-class accuracy of A and B (seed means), significant differences starred.
+
+  Args:
+    error_rate_a, error_rate_b: `(N,)` per-example error rates in [0, 1].
+    class_accuracy_a, class_accuracy_b: `(C,)` mean per-class accuracies.
+    significant_classes: optional `(C,)` bools (e.g. Welch t + Benjamini–Hochberg).
+  """
+  ea, eb = np.asarray(error_rate_a, np.float64), np.asarray(error_rate_b, np.float64)
+  ca, cb = np.asarray(class_accuracy_a, np.float64), np.asarray(class_accuracy_b, np.float64)
+  fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.4), gridspec_kw={"width_ratios": [1, 1.6]})
+  hard = (ea > 0) | (eb > 0)
+  # A little jitter: error rates take few values (multiples of 1/seeds), so points would hide each other.
+  jitter = np.random.default_rng(0).uniform(-0.015, 0.015, (2, int(hard.sum())))
+  left.scatter(ea[hard] + jitter[0], eb[hard] + jitter[1], s=8, alpha=0.5, lw=0)
+  left.plot([0, 1], [0, 1], "--", color="0.5", lw=1)
+  left.set_xlim(-0.05, 1.05)
+  left.set_ylim(-0.05, 1.05)
+  left.set_xlabel(f"error rate, {label_a}")
+  left.set_ylabel(f"error rate, {label_b}")
+  left.set_title(f"{int(hard.sum())} of {len(ea)} examples missed by some model", fontsize=8)
+  x = np.arange(len(ca))
+  right.bar(x - 0.2, ca, 0.4, label=label_a)
+  right.bar(x + 0.2, cb, 0.4, label=label_b)
+  low = min(float(np.min(ca)), float(np.min(cb)))
+  right.set_ylim(max(0.0, low - 0.1), 1.0)
+  if significant_classes is not None:
+    for i, sig in enumerate(significant_classes):
+      if sig:
+        right.text(i, max(ca[i], cb[i]), "*", ha="center", va="bottom")
+  right.set_xticks(x)
+  right.set_xlabel("class")
+  right.set_ylabel("accuracy (mean over seeds)")
+  right.legend(fontsize=7, frameon=False, loc="lower right")
+  if title:
+    fig.suptitle(title, fontsize=10, y=1.02)
+  return _save(fig, path)

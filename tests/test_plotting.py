@@ -20,3 +20,11 @@ def test_metric_lines(tmp_path):
   path = plotting.metric_lines([1, 2, 4], {"a": [1, 2, np.nan], "b": [0, 1, 1]}, tmp_path / "m.pdf", xlabel="width",
                                ylabel="clones", log_x=True, marks={"critical": 2})
   assert path.stat().st_size > 1000
+
+
+def test_output_differences(tmp_path):
+  rng = np.random.default_rng(0)
+  path = plotting.output_differences(rng.integers(0, 5, 200) / 4, rng.integers(0, 5, 200) / 4, rng.uniform(0.8, 1, 10),
+                                     rng.uniform(0.8, 1, 10), tmp_path / "o.png", label_a="deep", label_b="wide",
+                                     significant_classes=[True] + [False] * 9, title="t")
+  assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 10000

@@ -417,6 +417,8 @@ def population_analysis(cfg: WideDeepConfig, results: dict) -> dict | None:
       "num_seeds": len(cfg.population_seeds),
       "examples": examples.to_json(),
       "classes": classes.to_json(),
+      "error_rate_a": output_errors.per_example_error_rates(populations[0], labels).tolist(),
+      "error_rate_b": output_errors.per_example_error_rates(populations[1], labels).tolist(),
   }
 
 
@@ -458,6 +460,12 @@ def run(cfg: WideDeepConfig, workdir: str | pathlib.Path) -> pathlib.Path:
     cross.append({"kind": kind, **cross_analysis(cfg, a, b, workdir, results)})
   population = population_analysis(cfg, results)
   figures = _figures(cfg, specs, results, workdir)
+  if population:
+    figures.append(plotting.output_differences(
+        population["error_rate_a"], population["error_rate_b"], population["classes"]["accuracy_a"],
+        population["classes"]["accuracy_b"], workdir / "output_differences.png", label_a=population["a"],
+        label_b=population["b"], significant_classes=population["classes"]["significant"],
+        title=f"{population['a']} vs {population['b']}, {population['num_seeds']} seeds each"))
   figures += [workdir / f"cross_{c['a']}__{c['b']}.png" for c in cross]
   summary = {
       "models": {name: {k: v for k, v in r.items() if not k.startswith("cka_") and k not in ("predictions", "labels")}

@@ -82,7 +82,8 @@ def test_study_runs_end_to_end_and_resumes(tmp_path, fake_data, depths):
     else:
       assert "pruning" not in result
   assert (tmp_path / "cka_grid_frac1_seed0.png").stat().st_size > 1000
-  for figure in ("cka_grid_pc1_removed.png", "pc1_fraction.png", "probe_accuracy.png", "pruning.png"):
+  for figure in ("cka_grid_pc1_removed.png", "pc1_fraction.png", "probe_accuracy.png", "pruning.png",
+                 "output_differences.png"):
     assert (tmp_path / figure).stat().st_size > 1000
   summary = json.loads((tmp_path / "results.json").read_text())
   kinds = {(c["kind"], c["a"], c["b"]) for c in summary["cross"]}
