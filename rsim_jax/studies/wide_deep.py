@@ -238,16 +238,9 @@ def plan(cfg: WideDeepConfig) -> list[dict]:
 
 def initial_model(workdir: pathlib.Path):
   """The network of a trained run's work directory as it was at initialisation (same seed, same layers)."""
-  from rsim_jax.train import loop
+  from rsim_jax.train import load_initial_model
 
-  config = loop.TrainConfig.from_json((workdir / loop.CONFIG_FILE).read_text())
-  info = json.loads((workdir / loop.RUN_INFO_FILE).read_text())
-  program = loop.Program(config, info["image_shape"], info["num_classes"], total_steps=info["total_steps"],
-                         warmup_steps=info["warmup_steps"])
-  state = program.init_state()
-  model = program.model(state["params"], state["model_state"])
-  model.eval()
-  return model
+  return load_initial_model(workdir)
 
 
 def _batches(config, split: str, batch_size: int, max_examples: int | None):

@@ -10,11 +10,12 @@ or from a shell: `python -m rsim_jax.train --config FILE[:VARIANT] --workdir DIR
 
 from rsim_jax.train.checkpoint import Checkpointer
 from rsim_jax.train.config import TrainConfig, load_config, parse_override
-from rsim_jax.train.loop import Program, build_model, evaluate, load_model, train
+from rsim_jax.train.loop import (Program, build_model, checkpoint_steps, evaluate, load_initial_model, load_model,
+                                 train)
 from rsim_jax.train.metrics import read_metrics
 from rsim_jax.train.optim import cross_entropy, learning_rate_schedule, make_optimizer
 
 __all__ = [
-    "Checkpointer", "Program", "TrainConfig", "build_model", "cross_entropy", "evaluate", "learning_rate_schedule",
-    "load_config", "load_model", "make_optimizer", "parse_override", "read_metrics", "train",
+    "Checkpointer", "Program", "TrainConfig", "build_model", "checkpoint_steps", "cross_entropy", "evaluate",
+    "learning_rate_schedule", "load_config", "load_initial_model", "load_model", "make_optimizer", "parse_override", "read_metrics", "train",
 ]

@@ -460,3 +460,29 @@ def load_model(workdir: str | pathlib.Path, *, step: int | None = None) -> tuple
   finally:
     ckpt.close()
   return program.model(state["params"], state["model_state"]), config
+
+
+def load_initial_model(workdir: str | pathlib.Path) -> nnx.Module:
+  """The network of a training run's work directory as it was at initialisation (same config and seed, so
+  the same layers and weights as step 0), in eval mode: the untrained baseline of an analysis."""
+  workdir = pathlib.Path(workdir)
+  config = TrainConfig.from_json((workdir / CONFIG_FILE).read_text())
+  info = json.loads((workdir / RUN_INFO_FILE).read_text())
+  program = Program(config, info["image_shape"], info["num_classes"], total_steps=info["total_steps"],
+                    warmup_steps=info["warmup_steps"])
+  state = program.init_state()
+  model = program.model(state["params"], state["model_state"])
+  model.eval()
+  return model
+
+
+def checkpoint_steps(workdir: str | pathlib.Path) -> list[int]:
+  """Steps of the checkpoints kept in a run's work directory, ascending (see `keep_checkpoints`)."""
+  workdir = pathlib.Path(workdir)
+  config = TrainConfig.from_json((workdir / CONFIG_FILE).read_text())
+  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+  try:
+    return sorted(ckpt.all_steps())
+  finally:
+    ckpt.close()
+

@@ -191,3 +191,25 @@ def test_train_subset_and_bfloat16_step(fake_data_package, tmp_path):
 
   assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {np.dtype("float32")}
   assert np.isfinite(final["test_loss"]) and final["step"] == 2
+
+
+def test_checkpoint_steps_and_initial_model(full_run):
+  from flax import nnx
+
+  from rsim_jax.train import checkpoint_steps, load_initial_model
+
+  config, workdir, _ = full_run
+  assert checkpoint_steps(workdir) == [8, 12]  # every 4 steps, the last 2 kept
+  initial, trained = load_initial_model(workdir), load_model(workdir)[0]
+  init_params = jax.tree.leaves(nnx.state(initial, nnx.Param))
+  trained_params = jax.tree.leaves(nnx.state(trained, nnx.Param))
+  assert len(init_params) == len(trained_params)
+  assert any(not np.allclose(a, b) for a, b in zip(init_params, trained_params))
+  # Step 0 is the config's seed: a fresh (eager) build from the same config has the same weights, up to the
+  # last bit of the jit-compiled initialisation.
+  from rsim_jax.train import build_model
+
+  info = json.loads((workdir / "run_info.json").read_text())
+  fresh = build_model(config, info["image_shape"], info["num_classes"])
+  for a, b in zip(init_params, jax.tree.leaves(nnx.state(fresh, nnx.Param))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
