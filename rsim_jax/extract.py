@@ -424,11 +424,12 @@ def compare_models(
 
   within = tuple(result(s, n, n) for s, n in zip(cka_states, names))
   cross_result = result(cross, names[0], names[1]) if cross is not None else None
-  pca_results = tuple({n: kernels.pca_result(s[n]) for n in s} for s in pca_states)
+  # The carry's dicts went through jit, which sorts their keys: put results back in layer order.
+  pca_results = tuple({n: kernels.pca_result(s[n]) for n in order if n in s} for s, order in zip(pca_states, names))
   samples, positions, sample_labels = (), None, None
   if sampler is not None:
     slots = sampler.filled_slots()
-    samples = tuple({n: np.asarray(b[n])[slots] for n in b} for b in buffers)
+    samples = tuple({n: np.asarray(b[n])[slots] for n in order if n in b} for b, order in zip(buffers, names))
     positions, sample_labels = sampler.slot_position[slots], sampler.slot_label[slots]
     for i, model_samples in enumerate(samples):
       bad = [n for n, a in model_samples.items() if not np.all(np.isfinite(a))]

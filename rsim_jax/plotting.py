@@ -235,3 +235,55 @@ def output_differences(
   if title:
     fig.suptitle(title, fontsize=10, y=1.02)
   return _save(fig, path)
+
+
+def id_profiles(
+    profiles: Mapping[str, tuple[Sequence[float], Sequence[float] | None]],
+    layer_names: Sequence[str],
+    path,
+    *,
+    ylabel: str,
+    title: str | None = None,
+    log_y: bool = False,
+) -> pathlib.Path:
+  """A per-layer quantity with error bars against the layer names (ID profiles, Ansuini et al. 2019 Fig. 1).
+
+  Args:
+    profiles: label → (`(L,)` values, `(L,)` standard deviations or None), all on the same layers.
+    layer_names: the `L` layer names, input to output (x tick labels).
+  """
+  fig, ax = plt.subplots(figsize=(max(5.0, 0.32 * len(layer_names) + 2.0), 3.4))
+  x = np.arange(len(layer_names))
+  for label, (values, std) in profiles.items():
+    values = np.asarray(values, np.float64)
+    if std is None:
+      ax.plot(x, values, "o-", ms=3, lw=1.4, label=label)
+    else:
+      ax.errorbar(x, values, yerr=np.asarray(std, np.float64), fmt="o-", ms=3, lw=1.4, capsize=2, label=label)
+  if log_y:
+    ax.set_yscale("log")
+  _tick_labels(ax, list(layer_names), "x")
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7, frameon=False)
+  ax.grid(alpha=0.3)
+  return _save(fig, path)
+
+
+def scale_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path, *, title: str | None = None
+                 ) -> pathlib.Path:
+  """TwoNN against neighbourhood scale (Facco et al. 2017, Fig. 2): ID vs the median second-neighbour
+  distance of each decimation level, one line per layer (`kernels.twonn_scaling` output as lists)."""
+  fig, ax = plt.subplots(figsize=(4.8, 3.3))
+  for layer, c in curves.items():
+    r2 = np.asarray(c["r2_median"], np.float64)
+    # Relative scale: layers live at very different absolute distances.
+    ax.errorbar(r2 / r2[0], c["intrinsic_dim"], yerr=c.get("intrinsic_dim_std"), fmt="o-", ms=3, capsize=2, label=layer)
+  ax.set_xscale("log")
+  ax.set_xlabel("neighbourhood scale (median r₂ / its value on all points)")
+  ax.set_ylabel("intrinsic dimension (TwoNN)")
+  ax.set_title(title or "ID vs scale (N, N/2, N/4, … points)", fontsize=9)
+  ax.legend(fontsize=7, frameon=False)
+  ax.grid(alpha=0.3)
+  return _save(fig, path)

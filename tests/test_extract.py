@@ -165,3 +165,17 @@ def test_compare_models_errors():
     extract.compare_models(_mlp(0), batches, layers=("conv9",), progress=False)
   with pytest.raises(ValueError, match="empty"):
     extract.compare_models(_mlp(0), [], progress=False)
+
+
+def test_samples_and_pca_come_back_in_layer_order():
+  # DeepNet's layers (conv1, pool1, dense1, logits) are not in alphabetical order, which jit imposes on dicts.
+  from flax import nnx
+
+  from rsim_jax import models
+
+  model = models.DeepNet((2,), (4,), num_classes=3, image_size=8, kernel_size=3, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.standard_normal((16, 8, 8, 1)).astype(np.float32), "label": np.zeros(16, np.int32),
+              "mask": np.ones(16, bool)} for _ in range(2)]
+  out = extract.compare_models(model, batches, cka=False, pca_layers=True, sample_size=10, progress=False)
+  assert list(out.samples[0]) == list(out.pca[0]) == list(model.layer_names) == ["conv1", "pool1", "dense1", "logits"]
