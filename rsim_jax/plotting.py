@@ -287,3 +287,26 @@ def scale_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path, *, t
   ax.legend(fontsize=7, frameon=False)
   ax.grid(alpha=0.3)
   return _save(fig, path)
+
+
+def chunk_accuracy_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path, *, title: str | None = None
+                          ) -> pathlib.Path:
+  """Accuracy of random chunks of a layer against chunk size, one line per network (Doimo et al. 2021, Fig. 1).
+
+  Args:
+    curves: label → {"chunk_sizes", "mean", "std", "full_accuracy"} (`ChunkAccuracy.to_json()`).
+  """
+  fig, ax = plt.subplots(figsize=(4.8, 3.3))
+  for label, c in curves.items():
+    (line,) = ax.plot(c["chunk_sizes"], c["mean"], "o-", ms=3, lw=1.4, label=label)
+    mean, std = np.asarray(c["mean"]), np.asarray(c["std"])
+    ax.fill_between(c["chunk_sizes"], mean - std, mean + std, color=line.get_color(), alpha=0.15, lw=0)
+    ax.axhline(c["full_accuracy"], color=line.get_color(), ls=":", lw=0.8)
+  ax.set_xscale("log")
+  ax.set_xlabel("chunk size c (neurons)")
+  ax.set_ylabel("test accuracy")
+  if title:
+    ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7, frameon=False)
+  ax.grid(alpha=0.3)
+  return _save(fig, path)

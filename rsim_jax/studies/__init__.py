@@ -5,4 +5,4 @@ the analyses of `rsim_jax.analysis`, and writes JSON, figures and `report.md` in
 stage resumes: finished models and finished extractions are not redone.
 """
 
-STUDIES = ("wide_deep", "intrinsic_dim")
+STUDIES = ("wide_deep", "intrinsic_dim", "mitosis")

@@ -1,0 +1,259 @@
+"""The representation-mitosis study (Doimo et al. 2021/2022): clones in the last hidden layer of wide networks.
+
+    rsim study mitosis --config local --workdir runs/mitosis_local
+
+A family of Wide ResNets (WRN-d-k, last hidden layer W = 64k) is trained to zero training error (the paper's
+protocol; `TrainConfig.until_zero_train_error`) and, for comparison, stopped early after a few epochs. For
+each network the last hidden layer ("pool") and the logits of every test image are extracted and:
+
+- chunk accuracy: random chunks of c neurons read out by the trained head, rescaled by W/c
+  (`analysis.mitosis.chunk_accuracy`), for c from 1 to W;
+- the saturation chunk size c* (accuracy within `tolerance` of the full layer) and the clone count W / c*,
+  against width, with the critical width marked (`critical_width`);
+- R² of a ridge regression from a chunk to the full layer, and the correlation of the residuals of two
+  disjoint chunks of size c* predicting the logits (≈ 0: independent noise);
+- the wide network against an ensemble of narrow ones (seeds of the narrowest width) of the same total width.
+
+Variants: `local` (WRN-10-k on scikit-learn digits, minutes), `cifar10_local` (WRN-10-k on 2,500 CIFAR-10
+images at 16×16), `cifar10` (WRN-28-k, k = 1…16, the paper's scale, for accelerators).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import numpy as np
+
+from rsim_jax import extract, plotting
+from rsim_jax.analysis import mitosis
+
+
+@dataclasses.dataclass(frozen=True)
+class MitosisConfig:
+  """The study.
+
+  Attributes:
+    train: keyword arguments of `TrainConfig` shared by every network (data, schedule, `until_zero_train_error`,
+      `max_epochs`, ...); `model_kwargs` holds the depth, the study sets `widen_factor`.
+    widths: widen factors k (last hidden layer W = 64k).
+    early_epochs: epochs of the early-stopped twin of each width (no continuation to zero training error);
+      None = no comparison.
+    ensemble_members: seeds of the narrowest width trained for the ensemble comparison (≥ 2 to compare).
+    num_chunks: random chunks per chunk size.
+    tolerance: accuracy gap that counts as saturated (c*).
+    clone_threshold: clones a width must hold (and every wider one) to be at or above the critical width.
+    layer: the last hidden layer's name.
+  """
+
+  train: dict
+  widths: tuple[int, ...]
+  early_epochs: int | None = None
+  ensemble_members: int = 4
+  num_chunks: int = 50
+  tolerance: float = 0.01
+  clone_threshold: float = 2.0
+  layer: str = "pool"
+
+
+def get_config(variant: str = "local") -> MitosisConfig:
+  """Variants: "local" (digits), "cifar10_local" (CPU), "cifar10" (the paper's scale)."""
+  if variant == "local":
+    return MitosisConfig(
+        train=dict(model="wide_resnet", model_kwargs={"depth": 10}, data="digits", data_kwargs={"image_size": 8},
+                   batch_size=128, eval_batch_size=360, num_epochs=15, lr=0.05, warmup_epochs=1,
+                   end_lr_fraction=0.02, weight_decay=5e-4, until_zero_train_error=True, max_epochs=40,
+                   progress=True),
+        widths=(1, 2, 4, 8), early_epochs=3, ensemble_members=4,
+    )
+  if variant == "cifar10_local":
+    return MitosisConfig(
+        train=dict(model="wide_resnet", model_kwargs={"depth": 10}, data="cifar10", data_kwargs={"image_size": 16},
+                   train_subset=2500, batch_size=128, eval_batch_size=1000, num_epochs=30, lr=0.05, warmup_epochs=1,
+                   end_lr_fraction=0.02, weight_decay=5e-4, augment=False, until_zero_train_error=True,
+                   max_epochs=60, progress=True),
+        widths=(1, 2, 4), early_epochs=5, ensemble_members=2,
+    )
+  if variant == "cifar10":
+    # Doimo et al.: WRN-28-k on CIFAR-10, SGD momentum 0.9, lr 0.1 cosine, weight decay 5e-4, crop + flip,
+    # trained on to zero training error.
+    return MitosisConfig(
+        train=dict(model="wide_resnet", model_kwargs={"depth": 28}, data="cifar10", batch_size=128,
+                   eval_batch_size=1000, num_epochs=200, lr=0.1, warmup_epochs=1, end_lr_fraction=0.01,
+                   weight_decay=5e-4, augment=True, until_zero_train_error=True, max_epochs=300),
+        widths=(1, 2, 4, 8, 16), early_epochs=30, ensemble_members=4,
+    )
+  raise ValueError(f"Unknown mitosis variant {variant!r}; choose 'local', 'cifar10_local' or 'cifar10'.")
+
+
+def _runs(cfg: MitosisConfig):
+  """(name, width, kind, TrainConfig) of every network: zero-error family, early-stopped twins, ensemble."""
+  from rsim_jax.train import TrainConfig
+
+  def config(k, **overrides):
+    kwargs = {**cfg.train, **overrides}
+    kwargs["model_kwargs"] = {**dict(kwargs.get("model_kwargs", {})), "widen_factor": k}
+    return TrainConfig(**kwargs)
+
+  depth = dict(cfg.train.get("model_kwargs", {})).get("depth", 28)
+  runs = [(f"wrn{depth}_{k}", k, "zero_error", config(k)) for k in cfg.widths]
+  if cfg.early_epochs:
+    runs += [(f"wrn{depth}_{k}_early", k, "early", config(k, num_epochs=cfg.early_epochs,
+                                                           until_zero_train_error=False)) for k in cfg.widths]
+  narrow = min(cfg.widths)
+  runs += [(f"wrn{depth}_{narrow}_seed{s}", narrow, "ensemble", config(narrow, seed=s))
+           for s in range(1, cfg.ensemble_members)]
+  return runs
+
+
+def plan(cfg: MitosisConfig) -> list[dict]:
+  """The networks `run` would train (a dry run)."""
+  return [{"name": name, "kind": kind, "model": tc.model, "model_kwargs": dict(tc.model_kwargs), "data": tc.data,
+           "num_epochs": tc.num_epochs, "until_zero_train_error": tc.until_zero_train_error}
+          for name, _, kind, tc in _runs(cfg)]
+
+
+def _features(cfg, model, config):
+  """The last hidden layer and the logits of every test example, and the labels."""
+  batches, total = extract.split_batches(config, batch_size=config.eval_batch_size)
+  n = total * config.eval_batch_size  # ≥ the split: the sampler keeps every example when asked for more
+  out = extract.compare_models(model, batches, layers=(cfg.layer, "logits"), cka=False, sample_size=n,
+                               total=total, progress=False)
+  return out.samples[0][cfg.layer], out.samples[0]["logits"], out.sample_labels
+
+
+def analyse(cfg: MitosisConfig, name: str, width: int, run_dir: pathlib.Path, cache: pathlib.Path) -> dict:
+  """Chunk accuracy, c*, clones, chunk R² and residual correlation of one trained network (cached)."""
+  if cache.exists():
+    return json.loads(cache.read_text())
+  from rsim_jax.train import load_model
+
+  model, config = load_model(run_dir)
+  features, logits, labels = _features(cfg, model, config)
+  kernel, bias = np.asarray(model.head.kernel[...]), np.asarray(model.head.bias[...])
+  acc = mitosis.chunk_accuracy(features, labels, kernel, bias, num_chunks=cfg.num_chunks)
+  c_star = mitosis.saturation_chunk_size(acc.chunk_sizes, acc.mean, full_accuracy=acc.full_accuracy,
+                                         tolerance=cfg.tolerance)
+  neurons = features.shape[1]
+  final = json.loads((run_dir / "final_metrics.json").read_text())
+  out = {
+      "name": name, "widen_factor": width, "neurons": neurons, "chunk_accuracy": acc.to_json(),
+      "saturation_chunk_size": c_star, "clones": mitosis.num_clones(neurons, c_star),
+      "test_accuracy": final["test_accuracy"], "train_accuracy": final.get("train_accuracy"),
+      "reached_zero_train_error": final.get("reached_zero_train_error"), "epochs": final.get("epoch"),
+      "r2": mitosis.chunk_regression_r2(features, chunk_sizes=mitosis.default_chunk_sizes(neurons, num=8),
+                                        num_chunks=5),
+      "logits": logits.tolist(), "labels": labels.tolist(),
+  }
+  if 2 * c_star <= neurons:
+    out["residual_correlation"] = mitosis.chunk_residual_correlation(features, logits, chunk_size=c_star, num_pairs=5)
+  cache.parent.mkdir(parents=True, exist_ok=True)
+  cache.write_text(json.dumps(out))
+  return out
+
+
+def run(cfg: MitosisConfig, workdir: str | pathlib.Path) -> pathlib.Path:
+  """Runs (or resumes) the study in `workdir`; returns the path of `report.md`."""
+  from rsim_jax.train import train
+
+  workdir = pathlib.Path(workdir)
+  runs = _runs(cfg)
+  results = {}
+  for i, (name, width, kind, tc) in enumerate(runs):
+    print(f"[{i + 1}/{len(runs)}] {name} ({kind})", flush=True)
+    train(tc, workdir / "models" / name)
+    results[name] = {"kind": kind, **analyse(cfg, name, width, workdir / "models" / name,
+                                             workdir / "analysis" / f"{name}.json")}
+  summary = _summary(cfg, runs, results)
+  (workdir / "results.json").write_text(json.dumps(
+      {"summary": summary, "models": {n: {k: v for k, v in r.items() if k not in ("logits", "labels")}
+                                      for n, r in results.items()}}, indent=1))
+  figures = _figures(cfg, runs, results, summary, workdir)
+  return write_report(cfg, runs, results, summary, figures, workdir)
+
+
+def _summary(cfg, runs, results) -> dict:
+  summary = {}
+  for kind in ("zero_error", "early"):
+    family = [(r["neurons"], r["clones"]) for n, r in results.items() if r["kind"] == kind]
+    if family:
+      widths, clones = zip(*sorted(family))
+      summary[kind] = {"neurons": list(widths), "clones": list(clones),
+                       "critical_width": mitosis.critical_width(widths, clones, threshold=cfg.clone_threshold)}
+  narrow = [n for n, w, kind, _ in runs if w == min(cfg.widths) and kind in ("zero_error", "ensemble")]
+  if len(narrow) >= 2:
+    labels = np.array(results[narrow[0]]["labels"])
+    logits = [np.array(results[n]["logits"]) for n in narrow]
+    base = results[narrow[0]]["neurons"]
+    rows = []
+    for m in range(1, len(narrow) + 1):
+      wide = [r for r in results.values() if r["kind"] == "zero_error" and r["neurons"] == m * base]
+      rows.append({"members": m, "total_neurons": m * base,
+                   "ensemble_accuracy": mitosis.ensemble_accuracy(np.stack(logits[:m]), labels),
+                   "wide_accuracy": wide[0]["test_accuracy"] if wide else None})
+    summary["ensemble"] = rows
+  return summary
+
+
+def _figures(cfg, runs, results, summary, workdir: pathlib.Path) -> list[pathlib.Path]:
+  figures = []
+  family = sorted((r for r in results.values() if r["kind"] == "zero_error"), key=lambda r: r["neurons"])
+  fig = plotting.chunk_accuracy_curves(
+      {f"W = {r['neurons']}": r["chunk_accuracy"] for r in family}, workdir / "chunk_accuracy.png",
+      title="random chunks of the last hidden layer, trained head (× W/c)")
+  figures.append(fig)
+  if "zero_error" in summary:
+    z = summary["zero_error"]
+    series = {"trained to zero training error": z["clones"]}
+    if "early" in summary and summary["early"]["neurons"] == z["neurons"]:
+      series[f"stopped after {cfg.early_epochs} epochs"] = summary["early"]["clones"]
+    marks = {"critical width": z["critical_width"]} if z["critical_width"] else None
+    figures.append(plotting.metric_lines(z["neurons"], series, workdir / "clones_vs_width.png", log_x=True,
+                                         xlabel="last hidden layer width W", ylabel="clones W / c*", marks=marks,
+                                         title=f"clones (c* = smallest chunk within {cfg.tolerance:g} of full accuracy)"))
+  if "ensemble" in summary:
+    rows = summary["ensemble"]
+    figures.append(plotting.metric_lines(
+        [r["total_neurons"] for r in rows],
+        {"ensemble of narrow nets": [r["ensemble_accuracy"] for r in rows],
+         "one wide net": [np.nan if r["wide_accuracy"] is None else r["wide_accuracy"] for r in rows]},
+        workdir / "wide_vs_ensemble.png", xlabel="total last-layer width", ylabel="test accuracy",
+        title="a wide network vs an ensemble of narrow ones"))
+  return figures
+
+
+def _f(x, spec=".3f") -> str:
+  return "–" if x is None else format(x, spec)
+
+
+def write_report(cfg, runs, results, summary, figures, workdir: pathlib.Path) -> pathlib.Path:
+  lines = ["# Representation mitosis (Doimo et al.): clones in the last hidden layer", "",
+           f"Chunk accuracy: {cfg.num_chunks} random chunks of c neurons of `{cfg.layer}` per size, read out by the "
+           f"trained head with the chunk's contribution × W/c. c* = smallest c within {cfg.tolerance:g} of the full "
+           "layer's accuracy; clones = W / c*. Residual correlation: two disjoint chunks of size c* predicting the "
+           "logits by ridge regression, Pearson correlation of their held-out residuals.", "",
+           "| network | kind | W | epochs | train acc | test acc | c* | clones | chunk R² at c* | residual corr. |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  for name, _, kind, _ in runs:
+    r = results[name]
+    sizes, r2 = np.array(r["r2"]["chunk_sizes"]), np.array(r["r2"]["mean"])
+    r2_at = float(np.interp(r["saturation_chunk_size"], sizes, r2))
+    rc = r.get("residual_correlation")
+    lines.append(f"| {name} | {kind} | {r['neurons']} | {_f(r['epochs'], '.0f')} | {_f(r['train_accuracy'])} | "
+                 f"{r['test_accuracy']:.3f} | {r['saturation_chunk_size']} | {r['clones']:.1f} | {r2_at:.3f} | "
+                 f"{_f(rc['mean'] if rc else None, '.2f')} |")
+  for kind, label in (("zero_error", "trained to zero training error"), ("early", f"stopped after {cfg.early_epochs} epochs")):
+    if kind in summary:
+      s = summary[kind]
+      lines += ["", f"- Clones vs width ({label}): " + ", ".join(f"W={w}: {c:.1f}" for w, c in zip(s["neurons"], s["clones"]))
+                + f"; critical width (≥ {cfg.clone_threshold:g} clones from there on): {s['critical_width'] or 'none'}."]
+  if "ensemble" in summary:
+    lines += ["", "| members | total W | ensemble acc | wide net acc |", "|---:|---:|---:|---:|"]
+    for row in summary["ensemble"]:
+      lines.append(f"| {row['members']} | {row['total_neurons']} | {row['ensemble_accuracy']:.3f} | "
+                   f"{_f(row['wide_accuracy'])} |")
+  lines += ["", "Figures:", ""] + [f"- ![{p.stem}]({p.name})" for p in figures]
+  path = workdir / "report.md"
+  path.write_text("\n".join(lines) + "\n")
+  return path
