@@ -35,6 +35,8 @@ class IDProfile:
     participation_ratio: `(L,)` PR of the layer's covariance.
     embedding_dim: `(L,)` number of features of the layer (flattened).
     num_points: points of the sample (before subsampling).
+    collapsed: layers whose points all coincide (e.g. every ReLU dead after a diverged run): dimension 0,
+      reported as ID = PR = 0 rather than as an error.
   """
 
   layer_names: tuple[str, ...]
@@ -43,17 +45,19 @@ class IDProfile:
   participation_ratio: np.ndarray
   embedding_dim: np.ndarray
   num_points: int
+  collapsed: tuple[str, ...] = ()
 
   def to_json(self) -> dict:
     return {"layer_names": list(self.layer_names), "intrinsic_dim": self.intrinsic_dim.tolist(),
             "intrinsic_dim_std": self.intrinsic_dim_std.tolist(),
             "participation_ratio": self.participation_ratio.tolist(), "embedding_dim": self.embedding_dim.tolist(),
-            "num_points": self.num_points}
+            "num_points": self.num_points, "collapsed": list(self.collapsed)}
 
   @classmethod
   def from_json(cls, d: Mapping) -> "IDProfile":
     return cls(tuple(d["layer_names"]), np.asarray(d["intrinsic_dim"]), np.asarray(d["intrinsic_dim_std"]),
-               np.asarray(d["participation_ratio"]), np.asarray(d["embedding_dim"]), int(d["num_points"]))
+               np.asarray(d["participation_ratio"]), np.asarray(d["embedding_dim"]), int(d["num_points"]),
+               tuple(d.get("collapsed", ())))
 
 
 def _flat(x, name: str) -> np.ndarray:
@@ -87,17 +91,23 @@ def id_profile(activations: Mapping[str, np.ndarray], *, fraction: float = 0.9, 
     raise ValueError(f"Every layer of `activations` must hold the same examples; got row counts "
                      f"{ {n: x.shape[0] for n, x in zip(names, flats)} }.")
   key = jax.random.key(seed)
-  ids, stds, prs = [], [], []
+  ids, stds, prs, collapsed = [], [], [], []
   for name, x in zip(names, flats):
     if not np.all(np.isfinite(x)):
       raise ValueError(f"activations[{name!r}] holds NaN or Inf.")
+    if np.all(x == x[:1]):
+      collapsed.append(name)
+      ids.append(0.0)
+      stds.append(0.0)
+      prs.append(0.0)
+      continue
     sub = kernels.twonn_subsampled(x, key=key, fraction=fraction, repeats=repeats,
                                    discard_fraction=discard_fraction, duplicates=duplicates)
     ids.append(sub.mean)
     stds.append(sub.std)
     prs.append(float(kernels.participation_ratio(x)))
   return IDProfile(names, np.array(ids, np.float64), np.array(stds, np.float64), np.array(prs, np.float64),
-                   np.array([x.shape[1] for x in flats]), counts.pop())
+                   np.array([x.shape[1] for x in flats]), counts.pop(), tuple(collapsed))
 
 
 @dataclasses.dataclass(frozen=True)

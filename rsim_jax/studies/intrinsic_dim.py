@@ -199,7 +199,8 @@ def run(cfg: IntrinsicDimConfig, workdir: str | pathlib.Path) -> pathlib.Path:
       entry = _profile(cfg, load_model(workdir / "models" / name)[0], tc, analysis / f"profile_{name}_final.json")
       entry = {"name": name, "batch_size": tc.batch_size, "lr": tc.lr, "noise_scale": tc.lr / tc.batch_size,
                "train_accuracy": final.get("train_accuracy"), "test_accuracy": final.get("test_accuracy"),
-               "last_hidden_id": dict(zip(entry["profile"]["layer_names"], entry["profile"]["intrinsic_dim"]))[last]}
+               "last_hidden_id": dict(zip(entry["profile"]["layer_names"], entry["profile"]["intrinsic_dim"]))[last],
+               "collapsed_layers": entry["profile"].get("collapsed", [])}
       cache.write_text(json.dumps(entry))
     noise.append(entry)
   scale_cache = analysis / "scale_curves.json"
@@ -287,7 +288,8 @@ def write_report(cfg, results, final_step, figures, workdir: pathlib.Path) -> pa
   for e in sorted(results["noise"], key=lambda e: e["noise_scale"]):
     gap = None if e["train_accuracy"] is None else e["train_accuracy"] - e["test_accuracy"]
     lines.append(f"| {e['name']} | {e['batch_size']} | {e['lr']:g} | {e['noise_scale']:.2e} | {_f(e['train_accuracy'], '.3f')}"
-                 f" | {e['test_accuracy']:.3f} | {_f(gap, '.3f')} | {e['last_hidden_id']:.1f} |")
+                 f" | {e['test_accuracy']:.3f} | {_f(gap, '.3f')} | {e['last_hidden_id']:.1f}"
+                 + (f" (collapsed: {', '.join(e['collapsed_layers'])})" if e.get("collapsed_layers") else "") + " |")
   lines += ["", "## Scale dependence (TwoNN on N, N/2, N/4, … points)", ""]
   for layer, c in results["scale_curves"].items():
     pairs = ", ".join(f"{n}: {d:.1f}" for n, d in zip(c["num_points"], c["intrinsic_dim"]))

@@ -35,6 +35,16 @@ def test_profile_recovers_known_dimensions_and_its_shape():
   assert intrinsic_dim.IDProfile.from_json(profile.to_json()).layer_names == profile.layer_names
 
 
+def test_collapsed_layer_has_dimension_zero():
+  acts, _ = _network(n=300)
+  acts["dead"] = np.zeros((300, 16), np.float32)  # every ReLU off: all points coincide
+  profile = intrinsic_dim.id_profile(acts, repeats=2)
+  assert profile.collapsed == ("dead",)
+  i = profile.layer_names.index("dead")
+  assert profile.intrinsic_dim[i] == profile.participation_ratio[i] == 0.0
+  assert profile.intrinsic_dim[0] > 1
+
+
 def test_scale_curves():
   acts, _ = _network(n=1200)
   curves = intrinsic_dim.id_scale_curves(acts, ["layer1"], num_scales=3)
