@@ -153,8 +153,10 @@ def profile_shape(profile: IDProfile, *, tolerance: float = 0.1, exclude: Sequen
   ids = profile.intrinsic_dim[keep]
   peak = int(np.argmax(ids))
   first, top, last = float(ids[0]), float(ids[peak]), float(ids[-1])
-  return ProfileShape(profile.layer_names[keep[peak]], keep[peak], first, top, last, top / first, top / last,
-                      top > (1 + tolerance) * first, top > (1 + tolerance) * last)
+  # A collapsed end (ID 0, see `IDProfile.collapsed`) is an unbounded ratio, written as inf rather than failing.
+  ratio = lambda a, b: a / b if b > 0 else (float("inf") if a > 0 else 1.0)
+  return ProfileShape(profile.layer_names[keep[peak]], keep[peak], first, top, last, ratio(top, first),
+                      ratio(top, last), top > (1 + tolerance) * first, top > (1 + tolerance) * last)
 
 
 def id_scale_curves(activations: Mapping[str, np.ndarray], layers: Sequence[str], *, seed: int = 0,

@@ -43,6 +43,9 @@ def test_collapsed_layer_has_dimension_zero():
   i = profile.layer_names.index("dead")
   assert profile.intrinsic_dim[i] == profile.participation_ratio[i] == 0.0
   assert profile.intrinsic_dim[0] > 1
+  # The shape of a profile that ends collapsed: compression is unbounded, not a division error.
+  shape = intrinsic_dim.profile_shape(profile)
+  assert shape.last == 0.0 and shape.compression == float("inf") and shape.compresses
 
 
 def test_scale_curves():
