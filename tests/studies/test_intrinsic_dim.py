@@ -51,8 +51,14 @@ def test_study_runs_end_to_end_and_resumes(tmp_path, fake_data):
     assert (tmp_path / figure).stat().st_size > 1000, figure
   assert "Profile shape" in text and "SGD noise" in text
   stamp = (tmp_path / "analysis" / "profile_step12.json").stat().st_mtime_ns
+  # (config.json and run_info.json are rewritten by every call of `train`, a resume included.)
+  stamps = lambda: {f: f.stat().st_mtime_ns for f in (tmp_path / "models").rglob("*")
+                    if f.is_file() and f.name not in ("config.json", "run_info.json")}
+  models = stamps()
   intrinsic_dim.run(cfg, tmp_path)
   assert (tmp_path / "analysis" / "profile_step12.json").stat().st_mtime_ns == stamp
+  # Resuming trains nothing: no file of any run (checkpoints, metrics) is rewritten or added.
+  assert stamps() == models and len(models) > 10
 
 
 @pytest.mark.parametrize("variant", ["local", "fmnist_local", "cifar10_local", "paper"])
@@ -61,3 +67,15 @@ def test_variants_plan(variant):
   assert rows[0]["name"] == "main" and len({r["name"] for r in rows}) == len(rows)
   with pytest.raises(ValueError, match="Unknown intrinsic_dim variant"):
     intrinsic_dim.get_config("huge")
+
+
+def test_paper_variant_trains_one_step(tmp_path, fake_data):
+  from rsim_jax.train import train
+
+  cfg = intrinsic_dim.get_config("paper")
+  # The paper's network and optimiser, on the fake data and for one step (the real run is for accelerators).
+  tc = intrinsic_dim._train_config(cfg, data="fake", num_steps=1, eval_batch_size=50, num_devices=1,
+                                   progress=False)
+  assert tc.model == "deepnet" and tc.schedule == "constant" and cfg.sample_size == 2000
+  final = train(tc, tmp_path)
+  assert final["step"] == 1 and np.isfinite(final["test_accuracy"])
