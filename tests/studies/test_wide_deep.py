@@ -7,17 +7,6 @@ import pytest
 from rsim_jax.studies import wide_deep
 
 
-@pytest.fixture
-def fake_data(monkeypatch):
-  from tests.train import fake_data as module
-
-  monkeypatch.setitem(sys.modules, "rsim_jax.data", module)
-  import rsim_jax
-
-  monkeypatch.setattr(rsim_jax, "data", module, raising=False)
-  return module
-
-
 def _tiny_config(depths=(8,)):
   return wide_deep.WideDeepConfig(
       train=dict(data="fake", batch_size=32, eval_batch_size=32, num_epochs=1, lr=0.05, progress=False, num_devices=1,
