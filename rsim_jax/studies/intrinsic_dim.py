@@ -87,7 +87,8 @@ def get_config(variant: str = "local") -> IntrinsicDimConfig:
         train=dict(model="resnet", model_kwargs={"depth": 20, "zero_init_last_bn": True}, data="cifar10",
                    data_kwargs={"image_size": 16}, train_subset=2500, batch_size=128, eval_batch_size=1000,
                    num_epochs=40, lr=0.1, warmup_epochs=1, weight_decay=5e-4, augment=False,
-                   checkpoint_every_steps=100, keep_checkpoints=100, progress=True),
+                   checkpoint_every_steps=100, eval_every_steps=100, keep_checkpoints=100,
+                   progress=True),  # eval at every checkpoint: the ID-vs-accuracy curve needs both
         sample_size=1000,
     )
   if variant == "paper":
