@@ -1,21 +1,9 @@
 import json
-import sys
 
 import numpy as np
 import pytest
 
 from rsim_jax.studies import intrinsic_dim
-
-
-@pytest.fixture
-def fake_data(monkeypatch):
-  from tests.train import fake_data as module
-
-  monkeypatch.setitem(sys.modules, "rsim_jax.data", module)
-  import rsim_jax
-
-  monkeypatch.setattr(rsim_jax, "data", module, raising=False)
-  return module
 
 
 def _tiny():
