@@ -57,18 +57,8 @@ def test_variants_plan(variant):
 @pytest.mark.slow
 def test_paper_variant_takes_one_training_step():
   """WRN-28-1 of the `cifar10` variant builds and takes one optimiser step on 32×32 inputs."""
-  import jax
-
-  from rsim_jax.train import Program
+  from tests.studies.conftest import assert_one_training_step
 
   name, _, _, config = mitosis._runs(mitosis.get_config("cifar10"))[0]
   assert name == "wrn28_1" and config.until_zero_train_error
-  program = Program(config, (32, 32, 3), 10, total_steps=10, warmup_steps=0)
-  state = program.init_state()
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.normal(size=(4, 32, 32, 3)).astype(np.float32), "label": np.arange(4, dtype=np.int32)}
-  before = jax.tree.map(lambda a: np.asarray(a, np.float32), state["params"])  # the step donates `state`
-  new_state, metrics = program.train_step(state, batch)
-  assert np.isfinite(float(metrics["loss"]))
-  assert max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - np.asarray(b)).max()), before,
-                                          new_state["params"]))) > 0
+  assert_one_training_step(config)

@@ -117,20 +117,7 @@ def test_cli_dry_run(capsys):
 @pytest.mark.parametrize("variant", ["cifar10", "imagenet"])
 def test_accelerator_variants_take_one_training_step(variant):
   """The first (smallest) model of each accelerator variant builds and takes one optimiser step (tiny images)."""
-  import jax
-
-  from rsim_jax.train import Program
+  from tests.studies.conftest import assert_one_training_step
 
   cfg = wide_deep.get_config(variant)
-  spec = cfg.models()[0]
-  config = wide_deep.train_config(cfg, spec)
-  program = Program(config, (32, 32, 3), 1000 if variant == "imagenet" else 10, total_steps=10, warmup_steps=0)
-  state = program.init_state()
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.normal(size=(4, 32, 32, 3)).astype(np.float32), "label": np.arange(4, dtype=np.int32)}
-  before = jax.tree.map(lambda a: np.asarray(a, np.float32), state["params"])  # the step donates `state`
-  new_state, metrics = program.train_step(state, batch)
-  assert np.isfinite(float(metrics["loss"]))
-  moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - np.asarray(b, np.float32)).max()),
-                                       before, new_state["params"]))
-  assert max(moved) > 0
+  assert_one_training_step(wide_deep.train_config(cfg, cfg.models()[0]), num_classes=1000 if variant == "imagenet" else 10)
