@@ -4,25 +4,35 @@
   rsim cka RUN_A [RUN_B] --out DIR      ... or of trained models (`rsim train` / study work directories)
   rsim study wide_deep --config local --workdir DIR   a study end to end (train, extract, analyse, report)
   rsim train --config FILE[:VARIANT] --workdir DIR    one training run (see `python -m rsim_jax.train -h`)
+  rsim rehearse [--workdir DIR]         2 local JAX processes × 4 CPU devices vs 1 × 8: a multi-host rehearsal
+
+`rsim cka --batch-size b` is the CKA minibatch per device, for both inputs: with --sharded each global batch
+holds b × (devices of all hosts) examples, one minibatch of b per device, which gives the same matrix as one
+device with b. Paths (runs, .npz files, --out, work directories) may be local or gs://… . On a multi-host slice
+every host runs the same command; process 0 writes the files.
 """
 
 from __future__ import annotations
 
 import argparse
+import io as _bytes_io
 import json
-import pathlib
 import sys
 
 
 def _load_npz_layers(path: str) -> dict:
   import numpy as np
 
-  with np.load(path, allow_pickle=False) as data:
+  from rsim_jax import io
+
+  with np.load(_bytes_io.BytesIO(io.path(path).read_bytes()), allow_pickle=False) as data:
     return {name: data[name] for name in data.files}
 
 
 def _is_run(path: str) -> bool:
-  return pathlib.Path(path, "config.json").is_file()
+  from rsim_jax import io
+
+  return (io.path(path) / "config.json").exists()
 
 
 def _models_cka(args, mesh):
@@ -32,36 +42,55 @@ def _models_cka(args, mesh):
 
   model_x, config = load_model(args.x)
   models = [model_x] + ([load_model(args.y)[0]] if args.y else [])
-  batches, total = extract.split_batches(config, split=args.split, batch_size=args.batch_size,
+  batches, total = extract.split_batches(config, split=args.split, batch_size=args.batch_size, mesh=mesh,
                                          max_examples=args.max_examples)
   comparison = extract.compare_models(models, batches, mesh=mesh, total=total)
   return comparison.cross if args.y else comparison.within[0]
 
 
 def cmd_cka(args) -> int:
-  from rsim_jax import extract, parallel, plotting
+  import jax
 
+  from rsim_jax import extract, io, parallel, plotting
+
+  if args.batch_size < 4:
+    raise SystemExit(f"rsim cka: --batch-size {args.batch_size} is the CKA minibatch per device and must be at "
+                     "least 4 (unbiased HSIC).")
   runs = [_is_run(p) for p in (args.x, args.y) if p]
   if any(runs) and not all(runs):
     raise SystemExit("rsim cka: give two .npz activation files or two trained-model work directories "
                      "(holding config.json), not one of each.")
-  mesh = parallel.data_mesh() if args.sharded else None
+  # On several hosts every device must take part (the numbers do not depend on the device count: the batch
+  # size is per device).
+  sharded = args.sharded or jax.process_count() > 1
   if all(runs):
-    result = _models_cka(args, mesh)
+    result = _models_cka(args, parallel.data_mesh() if sharded else parallel.data_mesh(1))
   else:
     xs = _load_npz_layers(args.x)
     ys = _load_npz_layers(args.y) if args.y else None
-    result = extract.minibatch_cka_of_arrays(xs, ys, batch_size=args.batch_size, mesh=mesh)
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "cka.json").write_text(json.dumps(result.to_json(), indent=1))
-  title = f"minibatch CKA, {result.num_examples} examples"
-  figure = plotting.cka_heatmap(
-      result.matrix.T, out / "cka.png", x_labels=result.x_names, y_labels=result.y_names, title=title,
-      x_name=pathlib.Path(args.x).stem, y_name=pathlib.Path(args.y or args.x).stem,
-  )
-  print(f"wrote {out / 'cka.json'} and {figure}")
+    result = extract.minibatch_cka_of_arrays(xs, ys, batch_size=args.batch_size,
+                                             mesh=parallel.data_mesh() if sharded else None)
+  out = io.path(args.out)
+  io.write_json(out / "cka.json", result.to_json(), indent=1)
+  figure = out / "cka.png"
+  if io.is_writer():
+    local = io.local_copy_for_plotting(figure)
+    plotting.cka_heatmap(
+        result.matrix.T, local, x_labels=result.x_names, y_labels=result.y_names,
+        title=f"minibatch CKA, {result.num_examples} examples",
+        x_name=_stem(args.x), y_name=_stem(args.y or args.x),
+    )
+    io.upload(local, figure)
+    print(f"wrote {out / 'cka.json'} and {figure}")
+  io.barrier("rsim cka written")
   return 0
+
+
+def _stem(path: str) -> str:
+  from rsim_jax import io
+
+  p = io.path(path)
+  return p.stem or p.parent.name
 
 
 def cmd_study(args) -> int:
@@ -87,6 +116,12 @@ def cmd_train(args) -> int:
   return train_main(args.rest)
 
 
+def cmd_rehearse(args) -> int:
+  from rsim_jax import rehearse
+
+  return rehearse.main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="rsim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -99,8 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max-examples", type=int, default=None,
                  help="trained models: a class-balanced subset of the split of this size")
   p.add_argument("--out", default="runs/cka", help="output directory")
-  p.add_argument("--batch-size", type=int, default=256, help="CKA minibatch size (per device when --sharded)")
-  p.add_argument("--sharded", action="store_true", help="split batches over all devices (one minibatch each)")
+  p.add_argument("--batch-size", type=int, default=256,
+                 help="CKA minibatch per device, for .npz and trained models alike (default 256); with --sharded "
+                 "each global batch is this × the number of devices of all hosts, and the matrix is the same as "
+                 "with one device")
+  p.add_argument("--sharded", action="store_true",
+                 help="use every device of every host (one minibatch each); always on with several processes")
   p.set_defaults(func=cmd_cka)
 
   from rsim_jax.studies import STUDIES
@@ -115,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("train", help="one training run; arguments as `python -m rsim_jax.train`", add_help=False)
   p.add_argument("rest", nargs=argparse.REMAINDER)
   p.set_defaults(func=cmd_train)
+
+  p = sub.add_parser("rehearse", help="multi-host rehearsal on this machine: train + resume + CKA in 2 JAX "
+                     "processes × 4 CPU devices, compared with 1 × 8 (see rsim_jax.rehearse)", add_help=False)
+  p.add_argument("rest", nargs=argparse.REMAINDER)
+  p.set_defaults(func=cmd_rehearse)
   return parser
 
 

@@ -138,11 +138,19 @@ def test_compare_models_sample_and_pca_match_direct_computation():
 
 def test_compare_models_sharded_equals_single_device():
   images, _, batches = _image_batches(n=200, batch_size=64)
-  mesh = parallel.data_mesh()
-  single = extract.compare_models([_mlp(0), _mlp(1)], batches, pca_layers=("dense1",), sample_size=30, progress=False)
-  # With 8 devices, each CKA minibatch is a per-device shard of 8 examples: compare PCA, samples, predictions.
-  sharded = extract.compare_models([_mlp(0), _mlp(1)], batches, pca_layers=("dense1",), sample_size=30, mesh=mesh,
+  one_device = parallel.data_mesh(1)
+  single = extract.compare_models([_mlp(0), _mlp(1)], batches, pca_layers=("dense1",), sample_size=30,
+                                  mesh=one_device, progress=False)
+  # The default mesh is all 8 devices: each CKA minibatch is a per-device shard of 8 consecutive examples,
+  # which is what batches of 8 through one device give.
+  sharded = extract.compare_models([_mlp(0), _mlp(1)], batches, pca_layers=("dense1",), sample_size=30,
                                    progress=False)
+  _, _, batches_of_8 = _image_batches(n=200, batch_size=8)
+  single_8 = extract.compare_models([_mlp(0), _mlp(1)], batches_of_8, mesh=one_device, progress=False)
+  for got, want in ((sharded.cross, single_8.cross), (sharded.within[0], single_8.within[0])):
+    assert got.num_batches == want.num_batches == 25
+    np.testing.assert_allclose(got.matrix, want.matrix, rtol=1e-5, atol=1e-7)
+  assert not np.allclose(single.cross.matrix, sharded.cross.matrix, rtol=1e-3)  # b = 64 is another estimate
   np.testing.assert_array_equal(sharded.sample_positions, single.sample_positions)
   for i in range(2):
     np.testing.assert_array_equal(sharded.predictions[i], single.predictions[i])
@@ -165,6 +173,10 @@ def test_compare_models_errors():
     extract.compare_models(_mlp(0), batches, layers=("conv9",), progress=False)
   with pytest.raises(ValueError, match="empty"):
     extract.compare_models(_mlp(0), [], progress=False)
+  # 20 rows on the 8 devices of the default mesh: the error names both numbers.
+  _, _, ragged = _image_batches(n=40, batch_size=20)
+  with pytest.raises(ValueError, match=r"20 examples does not divide over the 8 devices.*multiple of 8"):
+    extract.compare_models(_mlp(0), ragged, progress=False)
 
 
 def test_samples_and_pca_come_back_in_layer_order():

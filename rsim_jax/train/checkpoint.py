@@ -8,11 +8,13 @@ where the interrupted one stood.
 
 from __future__ import annotations
 
-import pathlib
+import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from rsim_jax import io
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -21,10 +23,16 @@ class Checkpointer:
   """A thin wrapper of `orbax.checkpoint.CheckpointManager` under `workdir/checkpoints`.
 
   Saves are asynchronous (training continues while the arrays are written); `close()` waits for them.
+  `workdir` may be local or `gs://…`. On a multi-host slice every process makes the same calls (Orbax
+  coordinates them: each process writes its shards, process 0 the metadata), and every process must see the
+  same directory (a bucket or a shared file system).
   """
 
-  def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, async_save: bool = True):
-    self.directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
+  def __init__(self, workdir: io.PathLike, *, keep: int = 2, async_save: bool = True):
+    workdir = io.path(workdir)
+    if not io.is_remote(workdir):
+      workdir = io.path(os.path.abspath(os.fspath(workdir)))  # Orbax wants absolute local paths
+    self.directory = workdir / CHECKPOINT_DIR
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
     )

@@ -17,6 +17,11 @@ the same examples (augmented the same way) however the run was interrupted and r
 only its rows of every global batch (`train_batches`'s process share), assembled into the global batch with
 `jax.make_array_from_process_local_data` (`data.to_global`).
 
+Multi-host (a TPU VM slice: one process per host, every process running the same `train` call after
+`jax.distributed.initialize()`): the mesh spans the devices of all hosts, each process feeds its rows, the
+state is replicated on every device, and only process 0 writes files (`rsim_jax.io`). The work directory may be
+`gs://…`; it must be one directory that every process sees (Orbax checkpoints are written by all processes).
+
 Work directory layout:
     config.json           the `TrainConfig`
     metrics.jsonl         one JSON object per line (train: loss, accuracy, lr, images/s; test: loss, accuracy)
@@ -29,7 +34,6 @@ Work directory layout:
 from __future__ import annotations
 
 import json
-import pathlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -40,7 +44,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from rsim_jax import models, parallel
+from rsim_jax import io, models, parallel
 from rsim_jax.train import optim
 from rsim_jax.train.checkpoint import Checkpointer, abstract_like
 from rsim_jax.train.config import TrainConfig
@@ -88,9 +92,11 @@ class Program:
     self.train_step = jax.jit(self._train_step, donate_argnums=0)
     self.eval_step = jax.jit(self._eval_step)
 
-  def init_state(self) -> TrainState:
-    """The initial state (one compiled call: initialisation is many small random draws)."""
-    return jax.jit(self._init_state)()
+  def init_state(self, sharding: jax.sharding.Sharding | None = None) -> TrainState:
+    """The initial state (one compiled call: initialisation is many small random draws), placed with
+    `sharding` (e.g. replicated over a mesh of all hosts' devices: every process computes the same values,
+    so no host-to-host copy is needed)."""
+    return jax.jit(self._init_state, out_shardings=sharding)()
 
   def _init_state(self) -> TrainState:
     model = build_model(self.config, self.image_shape, self.num_classes)
@@ -177,7 +183,7 @@ def _image_shape(ds) -> list[int]:
   return [int(s) for s in (ds.images.shape[1:] if _in_memory(ds) else ds.image_shape)]
 
 
-def _subset(ds, subset: int | float | None, seed: int, *, cache: pathlib.Path | None = None):
+def _subset(ds, subset: int | float | None, seed: int, *, cache=None):
   """`train_subset` of the training split: `data.subsample`'s class-balanced, seeded subset of that many
   examples (int) or that fraction (float); smaller subsets of one seed are nested in larger ones.
 
@@ -197,13 +203,11 @@ def _subset(ds, subset: int | float | None, seed: int, *, cache: pathlib.Path | 
         "with `labels` and `select` (a TfdsSource, or an in-memory spec)."
     )
   if cache is not None and cache.exists():
-    indices = np.load(cache)
+    indices = io.load_npy(cache)
   else:
     indices = _data().subset_indices(ds.labels, ds.num_classes, **{key: subset}, seed=seed)
-    if cache is not None and jax.process_index() == 0:
-      tmp = cache.with_name(cache.name + ".tmp.npy")
-      np.save(tmp, indices)
-      tmp.replace(cache)  # atomic: a run killed while writing leaves no half file
+    if cache is not None:
+      io.save_npy(cache, indices)  # process 0, atomic: a run killed while writing leaves no half file
   return ds.select(indices)
 
 
@@ -247,7 +251,7 @@ def evaluate(program: Program, params, model_state, ds, *, batch_size: int, mesh
 # --- The loop ---
 
 
-def _check_workdir_config(workdir: pathlib.Path, config: TrainConfig) -> None:
+def _check_workdir_config(workdir, config: TrainConfig) -> None:
   path = workdir / CONFIG_FILE
   if path.exists():
     saved = TrainConfig.from_json(path.read_text())
@@ -261,7 +265,7 @@ def _check_workdir_config(workdir: pathlib.Path, config: TrainConfig) -> None:
           f"{workdir} holds a run with a different config (fields {differ} differ); use a new work "
           "directory, or delete this one to start over."
       )
-  path.write_text(config.to_json() + "\n")
+  io.write_text(path, config.to_json() + "\n")
 
 
 def _interval(value: int | None, steps_per_epoch: int) -> int:
@@ -269,13 +273,17 @@ def _interval(value: int | None, steps_per_epoch: int) -> int:
 
 
 def train(
-    config: TrainConfig, workdir: str | pathlib.Path, *, stop_after_step: int | None = None,
+    config: TrainConfig, workdir: io.PathLike, *, stop_after_step: int | None = None,
 ) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
+  On a multi-host slice every process calls `train` with the same arguments; the returned metrics are the
+  same on every process, and files are written by process 0 only.
+
   Args:
     config: the run.
-    workdir: directory for config.json, metrics.jsonl, checkpoints/ and final_metrics.json.
+    workdir: directory for config.json, metrics.jsonl, checkpoints/ and final_metrics.json (local or
+      `gs://…`; on several hosts, one directory that all of them see).
     stop_after_step: stop right after this step without saving anything more, as if the process were
       killed there (for resume tests); the returned dict then has `"interrupted": True`.
 
@@ -284,18 +292,24 @@ def train(
     the last logging window), `images_per_sec`, and with `until_zero_train_error` `train_errors` (on the whole
     training set, eval mode) and `reached_zero_train_error`.
   """
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  _check_workdir_config(workdir, config)
-
+  workdir = io.path(workdir)
   mesh = parallel.data_mesh(config.num_devices)
   num_devices = mesh.shape[parallel.DATA_AXIS]
+  num_processes = jax.process_count()
+  if num_processes > 1 and config.num_devices is not None and num_devices < jax.device_count():
+    raise ValueError(
+        f"num_devices={config.num_devices} leaves devices of some of the {num_processes} processes out of the "
+        f"data mesh ({jax.device_count()} devices in all); set num_devices=None to use every device."
+    )
   for name in ("batch_size", "eval_batch_size"):
     if getattr(config, name) % num_devices:
       raise ValueError(
-          f"{name}={getattr(config, name)} does not divide over the {num_devices} devices of the data mesh; "
-          f"choose a multiple of {num_devices} or set num_devices."
+          f"{name}={getattr(config, name)} does not divide over the {num_devices} devices of the data mesh "
+          f"({num_processes} process(es) × {num_devices // num_processes} devices); choose a multiple of "
+          f"{num_devices} or set num_devices."
       )
+  workdir.mkdir(parents=True, exist_ok=True)
+  _check_workdir_config(workdir, config)
 
   train_ds = _subset(_open_split(config, config.train_split), config.train_subset, config.seed,
                      cache=workdir / SUBSET_FILE)
@@ -308,7 +322,7 @@ def train(
   info = {"image_shape": _image_shape(train_ds), "num_classes": int(train_ds.num_classes),
           "num_train": num_train, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
           "warmup_steps": warmup_steps, "num_devices": num_devices}
-  (workdir / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+  io.write_json(workdir / RUN_INFO_FILE, info)
   program = Program(config, info["image_shape"], info["num_classes"], total_steps=total_steps,
                     warmup_steps=warmup_steps)
 
@@ -327,7 +341,7 @@ def train(
             return final
         writer.truncate_after(start)
       else:
-        state = jax.device_put(program.init_state(), replicated)
+        state = program.init_state(replicated)
         start = 0
         writer.truncate_after(-1)
       final = _run(config, program, state, start, train_ds, eval_ds, mesh=mesh, ckpt=ckpt, writer=writer,
@@ -336,7 +350,9 @@ def train(
   finally:
     ckpt.close()
   if not final.get("interrupted"):
-    final_path.write_text(json.dumps(final, indent=2) + "\n")
+    io.write_json(final_path, final)
+  # No process returns before the files are written: the next thing a study does may be to read them.
+  io.barrier(f"train finished: {workdir}")
   return final
 
 
@@ -350,7 +366,8 @@ def _run(config, program, state, start, train_ds, eval_ds, *, mesh, ckpt, writer
   window: list[dict] = []
   train_summary: dict[str, float] = {}
   window_start = time.perf_counter()
-  bar = tqdm(total=max_steps, initial=start, disable=not config.progress, unit="step", dynamic_ncols=True,
+  bar = tqdm(total=max_steps, initial=start, disable=not (config.progress and io.is_writer()), unit="step",
+             dynamic_ncols=True,
              desc=f"{config.model} on {config.data}")
   test: dict[str, float] = {}
   train_eval: dict[str, Any] = {}
@@ -438,14 +455,15 @@ def _run(config, program, state, start, train_ds, eval_ds, *, mesh, ckpt, writer
   return final
 
 
-def load_model(workdir: str | pathlib.Path, *, step: int | None = None) -> tuple[nnx.Module, TrainConfig]:
+def load_model(workdir: io.PathLike, *, step: int | None = None) -> tuple[nnx.Module, TrainConfig]:
   """Rebuilds a trained model from its work directory: `(model, config)`.
 
   The model is made from the saved `config.json` and `run_info.json` and given the weights and BatchNorm
   statistics of the checkpoint at `step` (default: the latest). It is returned in eval mode (running
-  BatchNorm statistics), ready for `model(x, capture=True)`, on the default device.
+  BatchNorm statistics), ready for `model(x, capture=True)`, on this process's first device (on a multi-host
+  slice every process loads it; `extract.compare_models` replicates it over the mesh of all hosts).
   """
-  workdir = pathlib.Path(workdir)
+  workdir = io.path(workdir)
   for name in (CONFIG_FILE, RUN_INFO_FILE):
     if not (workdir / name).exists():
       raise FileNotFoundError(f"{workdir / name} not found; is {workdir} the work directory of a `train` run?")
@@ -455,30 +473,30 @@ def load_model(workdir: str | pathlib.Path, *, step: int | None = None) -> tuple
                     warmup_steps=info["warmup_steps"])
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
   try:
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     state, _ = ckpt.restore(program.abstract_state(device), step)
   finally:
     ckpt.close()
   return program.model(state["params"], state["model_state"]), config
 
 
-def load_initial_model(workdir: str | pathlib.Path) -> nnx.Module:
+def load_initial_model(workdir: io.PathLike) -> nnx.Module:
   """The network of a training run's work directory as it was at initialisation (same config and seed, so
   the same layers and weights as step 0), in eval mode: the untrained baseline of an analysis."""
-  workdir = pathlib.Path(workdir)
+  workdir = io.path(workdir)
   config = TrainConfig.from_json((workdir / CONFIG_FILE).read_text())
   info = json.loads((workdir / RUN_INFO_FILE).read_text())
   program = Program(config, info["image_shape"], info["num_classes"], total_steps=info["total_steps"],
                     warmup_steps=info["warmup_steps"])
-  state = program.init_state()
+  state = program.init_state(jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   model = program.model(state["params"], state["model_state"])
   model.eval()
   return model
 
 
-def checkpoint_steps(workdir: str | pathlib.Path) -> list[int]:
+def checkpoint_steps(workdir: io.PathLike) -> list[int]:
   """Steps of the checkpoints kept in a run's work directory, ascending (see `keep_checkpoints`)."""
-  workdir = pathlib.Path(workdir)
+  workdir = io.path(workdir)
   config = TrainConfig.from_json((workdir / CONFIG_FILE).read_text())
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
   try:
