@@ -44,3 +44,18 @@ from rsim_jax.kernels.pca import (
     project_top_pcs,
     remove_top_pcs,
 )
+
+# --- Other similarity indices ---
+from rsim_jax.kernels.cca import (
+    CCAPairs,
+    CCAResult,
+    PWCCAResult,
+    cca,
+    cca_all_pairs,
+    pwcca,
+    pwcca_all_pairs,
+    svcca,
+    svcca_all_pairs,
+)
+from rsim_jax.kernels.procrustes import ProcrustesResult, procrustes, procrustes_all_pairs
+from rsim_jax.kernels.rsa import rdm, rdm_similarity, rsa, rsa_all_pairs
