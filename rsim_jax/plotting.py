@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # headless: figures are files
+import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -79,6 +80,7 @@ def cka_heatmap_grid(
     titles: Sequence[Sequence[str]],
     row_labels: Sequence[str] | None = None,
     suptitle: str | None = None,
+    boxes: Sequence[Sequence[tuple[int, int] | None]] | None = None,
 ) -> pathlib.Path:
   """A grid of CKA heatmaps (e.g. depth × width, Nguyen et al. 2021, Fig. 2); None leaves a cell empty.
 
@@ -86,6 +88,8 @@ def cka_heatmap_grid(
     matrices: rows of `(L, L)` CKA matrices (rows may differ in length).
     titles: a title per matrix, same layout.
     row_labels: optional label of each row (e.g. "depth", "width").
+    boxes: optional `(start, end)` layer range (inclusive) per matrix, same layout, outlined as a square (e.g. a
+      detected block); None draws nothing for that cell.
   """
   rows, cols = len(matrices), max(len(r) for r in matrices)
   fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols + 0.8, 2.4 * rows), squeeze=False)
@@ -98,6 +102,11 @@ def cka_heatmap_grid(
         ax.axis("off")
         continue
       image = _draw_heatmap(ax, m, x_labels=None, y_labels=None, title=titles[i][j])
+      box = boxes[i][j] if boxes is not None and j < len(boxes[i]) else None
+      if box is not None:
+        start, end = box
+        ax.add_patch(matplotlib.patches.Rectangle((start - 0.5, start - 0.5), end - start + 1, end - start + 1,
+                                                  fill=False, edgecolor="red", lw=1.2, ls="--"))
       ax.set_xticks([])
       ax.set_yticks([])
       if j == 0 and row_labels is not None:

@@ -1,14 +1,16 @@
 """Block structure in a CKA matrix, as a number (Nguyen, Raghu & Kornblith 2021, Sec. 4).
 
 The "block structure" is a large, contiguous set of layers whose representations are all highly similar to
-each other (a bright square in the within-model CKA heatmap). `find_block` returns the longest contiguous
-run of layers `[start, end]` whose *pairwise* CKA all exceed `threshold`.
+each other (a bright square in the within-model CKA heatmap), and whose first principal component carries
+most of their variance: a dominant PC1 propagated through those layers (Nguyen et al. 2021, Sec. 4).
 
-Neighbouring residual-block outputs are similar by construction, so an untrained ResNet already scores a
-long run: always compare a trained network with the same architecture at initialisation
-(`block_vs_baseline`), and compare block lengths only between models of equal depth
-(shared/papers/NOTES.md). Within a genuine block the first principal component carries most of the variance
-(`rsim_jax.kernels.first_pc_fraction`), which separates a real block from a chain of similar neighbours.
+`find_block` returns the longest contiguous run of layers `[start, end]` whose *pairwise* CKA all exceed a
+threshold. `block_vs_baseline` is the detector: neighbouring residual-block outputs are similar by
+construction, so an untrained deep ResNet already has long runs of similar layers (usually in its last
+stage); a block is therefore read against the same network at initialisation *at the same layers* — each
+layer of the block must have a dominant first PC after training that it did not have before
+(`dominated_layers`). Comparing the length of the trained run with the untrained run somewhere else hid real
+blocks (DESIGN.md, "Block structure"). Compare block lengths only between models of equal depth.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def find_block(
     threshold: float = 0.9,
     min_size: int = 2,
     names: Sequence[str] | None = None,
+    eligible: Sequence[bool] | None = None,
 ) -> Block:
   """Longest contiguous run of layers whose pairwise CKA are all ≥ `threshold`.
 
@@ -72,6 +75,8 @@ def find_block(
     threshold: similarity a pair must reach to count as "the same representation".
     min_size: shortest run reported as a block.
     names: optional layer names, copied into the result.
+    eligible: optional `(L,)` bool; only runs of eligible layers count (`block_vs_baseline` passes the layers
+      dominated by their first principal component).
 
   Returns:
     A `Block` (size 0 when no run of `min_size` layers exists).
@@ -84,8 +89,15 @@ def find_block(
   num_layers = len(cka)
   sym = np.minimum(cka, cka.T)  # a pair counts only if it is similar both ways (exactly symmetric for one model)
   above = sym >= threshold
+  if eligible is not None:
+    eligible = np.asarray(eligible, bool)
+    if eligible.shape != (len(cka),):
+      raise ValueError(f"`eligible` must have shape ({len(cka)},), one flag per layer; got {eligible.shape}.")
+    above &= eligible[:, None] & eligible[None, :]  # an ineligible layer is similar to nothing, itself included
   best_start, best_size = 0, 0
   for start in range(num_layers):
+    if not above[start, start]:
+      continue
     end = start
     # Grow while the next layer is above the threshold with every layer already in the run.
     while end + 1 < num_layers and above[end + 1, start : end + 2].all():
@@ -107,28 +119,97 @@ def find_block(
 
 @dataclasses.dataclass(frozen=True)
 class BlockComparison:
-  """A trained model's block against the same architecture at initialisation."""
+  """A trained model's block, read against the same architecture at initialisation at the same layers.
+
+  Attributes:
+    trained: the detected block (`size == 0` when there is none): the longest contiguous run of *dominated*
+      layers whose pairwise trained CKA are all ≥ the threshold. A layer is dominated when its first principal
+      component carries ≥ `min_pc1` of its variance in the trained network and at least `min_pc1_gain` more
+      than in the untrained network at the same layer.
+    baseline: the untrained network's longest run of pairwise CKA ≥ the threshold (anywhere; for reference:
+      deep untrained nets have long runs of trivially similar neighbours, usually not where the block is).
+    trained_run: the trained network's longest run of pairwise CKA ≥ the threshold, dominated or not.
+    size_gain: `trained.size − baseline.size`, kept for comparison with the earlier run-length rule.
+    trained_pc1_fraction: mean trained PC1 fraction over the block's layers (over `trained_run` when there is
+      no block; NaN without PC1 fractions).
+    baseline_pc1_fraction: the same layers at initialisation.
+    trained_mean_cka, baseline_mean_cka: mean off-diagonal CKA over the same layers, trained and untrained.
+    cka_to_rest: mean trained CKA between the block's layers and all layers before it (how dark the block is
+      against the early layers; NaN when the block starts at layer 0 or there is none).
+    min_pc1, min_pc1_gain, min_size: the detector's settings.
+  """
 
   trained: Block
   baseline: Block
-  size_gain: int  # trained.size − baseline.size
-  trained_pc1_fraction: float  # mean first-PC variance fraction over the trained block's layers (NaN if unknown)
-  baseline_pc1_fraction: float  # the same over the same layers at initialisation
+  trained_run: Block
+  size_gain: int
+  trained_pc1_fraction: float
+  baseline_pc1_fraction: float
+  trained_mean_cka: float
+  baseline_mean_cka: float
+  cka_to_rest: float
+  min_pc1: float
+  min_pc1_gain: float
+  min_size: int
 
   @property
   def has_block(self) -> bool:
-    """A block beyond the untrained baseline: longer than it, and dominated by its first PC (NOTES.md)."""
-    return self.size_gain > 0 and self.trained_pc1_fraction > max(0.5, self.baseline_pc1_fraction)
+    """A block: at least `min_size` contiguous, mutually similar layers, each dominated by its first PC well
+    beyond the untrained network at the same layer (DESIGN.md, "Block structure")."""
+    return self.trained.size >= self.min_size
+
+  @property
+  def pc1_contrast(self) -> float:
+    return self.trained_pc1_fraction - self.baseline_pc1_fraction
+
+  @property
+  def cka_contrast(self) -> float:
+    return self.trained_mean_cka - self.baseline_mean_cka
 
   def to_json(self) -> dict:
     return {
         "trained": self.trained.to_json(),
         "baseline": self.baseline.to_json(),
+        "trained_run": self.trained_run.to_json(),
         "size_gain": self.size_gain,
         "trained_pc1_fraction": self.trained_pc1_fraction,
         "baseline_pc1_fraction": self.baseline_pc1_fraction,
+        "pc1_contrast": self.pc1_contrast,
+        "trained_mean_cka": self.trained_mean_cka,
+        "baseline_mean_cka": self.baseline_mean_cka,
+        "cka_contrast": self.cka_contrast,
+        "cka_to_rest": self.cka_to_rest,
+        "min_pc1": self.min_pc1,
+        "min_pc1_gain": self.min_pc1_gain,
+        "min_size": self.min_size,
         "has_block": self.has_block,
     }
+
+
+def dominated_layers(trained_pc1: Sequence[float], baseline_pc1: Sequence[float], *, min_pc1: float = 0.5,
+                     min_pc1_gain: float = 0.2) -> np.ndarray:
+  """Layers whose first principal component dominates after training and did not before.
+
+  Formula: `dominated_i = pc1_i ≥ min_pc1  and  pc1_i − pc1⁰_i ≥ min_pc1_gain`, with `pc1_i` the fraction of
+  layer i's variance on its first principal component in the trained network and `pc1⁰_i` the same at
+  initialisation. Nguyen et al. (2021, Sec. 4) show that a block is a dominant first PC propagated through a
+  contiguous set of layers; deep He-initialised ResNets can have a large PC1 before training, hence the gain.
+
+  Args:
+    trained_pc1, baseline_pc1: `(L,)` PC1 variance fractions of the trained and untrained network.
+
+  Returns:
+    `(L,)` bool.
+  """
+  trained_pc1, baseline_pc1 = np.asarray(trained_pc1, np.float64), np.asarray(baseline_pc1, np.float64)
+  if trained_pc1.ndim != 1 or trained_pc1.shape != baseline_pc1.shape:
+    raise ValueError(f"`trained_pc1` {trained_pc1.shape} and `baseline_pc1` {baseline_pc1.shape} must both be "
+                     "(num_layers,) PC1 fractions of the same layers.")
+  if not (np.all(np.isfinite(trained_pc1)) and np.all(np.isfinite(baseline_pc1))):
+    raise ValueError("PC1 fractions contain NaN/Inf (a constant layer?); check the activation sample.")
+  if not 0.0 < min_pc1 <= 1.0 or not 0.0 <= min_pc1_gain < 1.0:
+    raise ValueError(f"need 0 < `min_pc1` ≤ 1 and 0 ≤ `min_pc1_gain` < 1; got {min_pc1}, {min_pc1_gain}.")
+  return (trained_pc1 >= min_pc1) & (trained_pc1 - baseline_pc1 >= min_pc1_gain)
 
 
 def block_vs_baseline(
@@ -138,14 +219,30 @@ def block_vs_baseline(
     threshold: float = 0.9,
     trained_pc1: Sequence[float] | None = None,
     baseline_pc1: Sequence[float] | None = None,
+    min_pc1: float = 0.5,
+    min_pc1_gain: float = 0.2,
+    min_size: int = 3,
     names: Sequence[str] | None = None,
 ) -> BlockComparison:
-  """Compares the block of a trained model with the same architecture at initialisation.
+  """Detects the block structure of a trained network against the same network at initialisation.
+
+  The block is the longest contiguous run of layers that (i) are all *dominated* (`dominated_layers`: PC1
+  fraction ≥ `min_pc1` trained and ≥ `min_pc1_gain` above the untrained network at the same layer) and
+  (ii) have all pairwise trained CKA ≥ `threshold`; a model has a block when that run has at least
+  `min_size` layers. Reading the contrast at the same layers matters: neighbouring residual outputs of an
+  untrained deep net are trivially similar, so its longest similar run (`baseline`) is long but sits
+  elsewhere and carries no dominant PC, and comparing run lengths hides real blocks.
+
+  Without PC1 fractions (`trained_pc1=None`) layers are dominated when their mean trained CKA with the other
+  layers of the trained run exceeds the untrained network's over the same pairs by `min_pc1_gain`; prefer
+  PC1 fractions (a sample of activations is cheap).
 
   Args:
     trained_cka, baseline_cka: `(L, L)` within-model CKA of the trained and the untrained network.
-    trained_pc1, baseline_pc1: optional per-layer first-PC variance fractions `(L,)`, averaged over the
-      trained block's layers.
+    threshold: CKA every pair of layers in the block must reach.
+    trained_pc1, baseline_pc1: `(L,)` first-PC variance fractions per layer (both or neither).
+    min_pc1, min_pc1_gain, min_size: the detector's settings (see above).
+    names: optional layer names, copied into the blocks.
   """
   trained_cka, baseline_cka = _check_matrix(trained_cka), _check_matrix(baseline_cka)
   if trained_cka.shape != baseline_cka.shape:
@@ -153,17 +250,41 @@ def block_vs_baseline(
         f"`trained_cka` {trained_cka.shape} and `baseline_cka` {baseline_cka.shape} must come from the same "
         "architecture (same layers)."
     )
-  trained = find_block(trained_cka, threshold=threshold, names=names)
+  if (trained_pc1 is None) != (baseline_pc1 is None):
+    raise ValueError("Pass both `trained_pc1` and `baseline_pc1` (PC1 fractions at the same layers), or neither.")
+  if min_size < 2:
+    raise ValueError(f"`min_size` must be at least 2 layers, got {min_size}.")
+  num_layers = len(trained_cka)
+  run = find_block(trained_cka, threshold=threshold, names=names)
   baseline = find_block(baseline_cka, threshold=threshold, names=names)
+  if trained_pc1 is not None:
+    if np.shape(trained_pc1) != (num_layers,):
+      raise ValueError(f"PC1 fractions must have shape ({num_layers},), got {np.shape(trained_pc1)}.")
+    eligible = dominated_layers(trained_pc1, baseline_pc1, min_pc1=min_pc1, min_pc1_gain=min_pc1_gain)
+  else:
+    eligible = np.zeros(num_layers, bool)
+    if run.size >= 2:
+      span = slice(run.start, run.end + 1)
+      gain = trained_cka[span, span].mean(axis=1) - baseline_cka[span, span].mean(axis=1)
+      eligible[span] = gain >= min_pc1_gain
+  block = find_block(trained_cka, threshold=threshold, names=names, eligible=eligible, min_size=min_size)
+  ref = block if block.size else run  # the layers the contrasts are read at
 
-  def mean_over_block(values):
-    if values is None or trained.size == 0:
+  def mean_over(values):
+    if values is None or ref.size == 0:
       return float("nan")
-    values = np.asarray(values, np.float64)
-    if values.shape != (len(trained_cka),):
-      raise ValueError(f"PC1 fractions must have shape ({len(trained_cka)},), got {values.shape}.")
-    return float(values[trained.start : trained.end + 1].mean())
+    return float(np.asarray(values, np.float64)[ref.start : ref.end + 1].mean())
 
+  def mean_offdiag(cka):
+    if ref.size < 2:
+      return float("nan")
+    inner = cka[ref.start : ref.end + 1, ref.start : ref.end + 1]
+    return float(inner[~np.eye(ref.size, dtype=bool)].mean())
+
+  cka_to_rest = float(trained_cka[block.start : block.end + 1, : block.start].mean()) if block.size and block.start else float("nan")
   return BlockComparison(
-      trained, baseline, trained.size - baseline.size, mean_over_block(trained_pc1), mean_over_block(baseline_pc1)
+      trained=block, baseline=baseline, trained_run=run, size_gain=block.size - baseline.size,
+      trained_pc1_fraction=mean_over(trained_pc1), baseline_pc1_fraction=mean_over(baseline_pc1),
+      trained_mean_cka=mean_offdiag(trained_cka), baseline_mean_cka=mean_offdiag(baseline_cka),
+      cka_to_rest=cka_to_rest, min_pc1=min_pc1, min_pc1_gain=min_pc1_gain, min_size=min_size,
   )

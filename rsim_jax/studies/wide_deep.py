@@ -42,11 +42,12 @@ class ModelSpec:
   width: int
   train_fraction: float = 1.0
   seed: int = 0
+  zero_init: bool = False  # last BatchNorm scale of each residual block starts at 0 (the init ablation)
 
   @property
   def name(self) -> str:
     frac = "" if self.train_fraction == 1.0 else f"_frac{self.train_fraction:g}"
-    return f"resnet{self.depth}_x{self.width}{frac}_seed{self.seed}"
+    return f"resnet{self.depth}_x{self.width}{frac}_seed{self.seed}" + ("_zeroinit" if self.zero_init else "")
 
   @property
   def architecture(self) -> Architecture:
@@ -54,7 +55,7 @@ class ModelSpec:
 
   @property
   def label(self) -> str:
-    return f"ResNet-{self.depth} ×{self.width}"
+    return f"ResNet-{self.depth} ×{self.width}" + (" zero-init" if self.zero_init else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,15 +77,24 @@ class WideDeepConfig:
       the baseline).
     population_seeds: seeds of the population models (≥ 4 for the seed-split baseline of the error test).
     cross_architectures: pairs of architectures compared layer by layer (seed 0, fraction 1).
+    init_ablation: architectures trained a second time with the last BatchNorm scale of every residual block
+      started at 0 (Goyal et al. 2017), for every seed of `init_ablation_seeds`, beside the standard
+      initialisation (BN scales 1, He et al. 2016, the papers' networks): does zero-init change the block?
+    init_ablation_seeds: seeds of the ablation (both initialisations).
     cka_batch_size: minibatch size of the CKA estimate (per device).
-    block_threshold: CKA a pair of layers must reach to count as one block.
+    block_threshold: CKA every pair of layers of a block must reach.
+    block_min_pc1, block_min_pc1_gain, block_min_size: the block detector
+      (`analysis.block_structure.block_vs_baseline`): a block is ≥ `block_min_size` contiguous layers with
+      pairwise CKA ≥ `block_threshold`, each with a PC1 variance fraction ≥ `block_min_pc1` that exceeds the
+      untrained network's at the same layer by ≥ `block_min_pc1_gain`.
     max_eval_examples: cap on evaluation examples used for CKA (None = all).
     sample_size: evaluation examples sampled (every layer, flattened) for the PC1 analysis and as probe test
       set; 0 = skip both. Device memory: sample_size × Σ layer widths × 4 bytes per model, twice.
     probe_train_examples: training-split examples the probes are fitted on; 0 = no probes.
     subset_budget: training budget of models on a fraction f < 1 of the data: "steps" = as many optimiser
-      steps as the full-data models (num_epochs / f epochs), so small sets are fitted too (NOTES.md: the block
-      is a property of models that fit their training data); "epochs" = the same number of epochs.
+      steps as the full-data models (num_epochs / f epochs), so small sets are fitted too (the block is a
+      property of models that fit their training data: experiments/wide_deep/RESULTS.md); "epochs" = the same
+      number of epochs.
     pruning: measure test accuracy with each removable residual block deleted alone, and cumulatively from
       the last block back (`analysis.pruning`, no fine-tuning), on the CKA evaluation examples of the main
       grid (fraction 1, first seed).
@@ -100,8 +110,13 @@ class WideDeepConfig:
   population: tuple[Architecture, ...] = ()
   population_seeds: tuple[int, ...] = (0, 1, 2, 3)
   cross_architectures: tuple[tuple[Architecture, Architecture], ...] = ()
+  init_ablation: tuple[Architecture, ...] = ()
+  init_ablation_seeds: tuple[int, ...] = (0,)
   cka_batch_size: int = 256
   block_threshold: float = 0.9
+  block_min_pc1: float = 0.5
+  block_min_pc1_gain: float = 0.2
+  block_min_size: int = 3
   max_eval_examples: int | None = None
   sample_size: int = 1000
   probe_train_examples: int = 1000
@@ -128,39 +143,56 @@ class WideDeepConfig:
     for pair in self.cross_architectures:
       for depth, width in pair:
         specs.append(ModelSpec(depth, width, 1.0, min(self.seeds)))
+    for seed in self.init_ablation_seeds:
+      for depth, width in self.init_ablation:
+        specs += [ModelSpec(depth, width, 1.0, seed), ModelSpec(depth, width, 1.0, seed, zero_init=True)]
     return list(dict.fromkeys(specs))
 
 
 def get_config(variant: str = "local") -> WideDeepConfig:
-  """The study's variants: "local" (digits), "local_long" (digits, 8× the epochs), "cifar10_local" (CIFAR-10
-  subset, CPU), "cifar10" (the paper's grid), "imagenet" (ImageNet ResNets)."""
+  """The study's variants: "local" (digits, the demo), "local_init" (digits, standard vs zero-init BatchNorm),
+  "local_long" (digits, 3× the epochs), "cifar10_local" (CIFAR-10 subset, CPU), "cifar10" (the paper's grid),
+  "imagenet" (ImageNet ResNets). Every variant uses the standard initialisation of the papers' ResNets (He
+  et al. 2016: BatchNorm scales 1); zero-init is the ablation."""
   if variant == "local":
-    # NOTES.md: on digits, ResNet-20 ×1 vs ResNet-56 ×1 for depth, ×1 vs ×4 for width. 15 epochs fit the training
-    # set (train accuracy 1.0 from epoch ~14 at 30 epochs) and keep the whole study near 15 minutes on 2 cores.
+    # The demo (RESULTS.md, "local"): digits at 8×8, the papers' standard initialisation (BatchNorm scales 1; the
+    # zero-init of the last BN scale hid the block, see `local_init`), 40 epochs so that the deep net fits the
+    # training set. Depth: ResNet-20 ×1 (no block) vs ResNet-56 ×1 (a block); width: ResNet-20 ×1/×2/×4; data:
+    # the two narrow nets on a quarter of the training set; cross-seed CKA and the output-level comparison from
+    # 3 seeds of each narrow net. About 20 minutes on 2 cores.
     return WideDeepConfig(
         train=dict(data="digits", data_kwargs={"image_size": 8}, batch_size=128, eval_batch_size=512,
-                   num_epochs=15, lr=0.1, warmup_epochs=1, weight_decay=5e-4, augment=False,
-                   model_kwargs={"zero_init_last_bn": True}, progress=True),
-        depths=(20, 56), widths=(1, 4), width_depths=(20,), train_fractions=(1.0, 0.25),
+                   num_epochs=40, lr=0.1, warmup_epochs=2, weight_decay=5e-4, augment=False, progress=True),
+        depths=(20, 56), widths=(1, 2, 4), width_depths=(20,), train_fractions=(1.0, 0.25),
         fraction_architectures=((20, 1), (56, 1)),
-        population=((20, 1), (56, 1)), population_seeds=(0, 1, 2, 3),
+        population=((20, 1), (56, 1)), population_seeds=(0, 1, 2),
         cross_architectures=(((56, 1), (20, 4)),),
         cka_batch_size=128, sample_size=360, probe_train_examples=1000,
     )
+  if variant == "local_init":
+    # The initialisation ablation on digits: ResNet-56 ×1 with BatchNorm scales 1 (standard) and with the last BN
+    # scale of each residual block at 0 (Goyal et al. 2017), 3 seeds each, the `local` recipe otherwise.
+    base = get_config("local")
+    return dataclasses.replace(
+        base, depths=(56,), widths=(1,), width_depths=(), train_fractions=(1.0,), fraction_architectures=None,
+        population=(), cross_architectures=(), init_ablation=((56, 1),), init_ablation_seeds=(0, 1, 2),
+        probe_train_examples=0, pruning=False,
+    )
   if variant == "local_long":
-    # Does longer training grow a block on digits? ResNet-20 ×1 and ResNet-56 ×1 for 120 epochs (8× local).
+    # Longer training on digits: ResNet-20 ×1 and ResNet-56 ×1 for 120 epochs (3× local).
     base = get_config("local")
     return dataclasses.replace(
         base, train={**base.train, "num_epochs": 120}, widths=(1,), width_depths=(), train_fractions=(1.0,),
         fraction_architectures=None, population=(), cross_architectures=(),
     )
   if variant == "cifar10_local":
-    # CIFAR-10 on a CPU (NOTES.md): 2,500 training images at 16×16, no augmentation (fit the training set),
-    # ResNet-20 vs ResNet-56 (≈1.5 and ≈5 min each); CKA on 2,000 test images.
+    # CIFAR-10 on a CPU: 2,500 training images at 16×16, no augmentation (so the training set is fitted: the
+    # block is a property of models that fit their data), standard init, ResNet-20 vs ResNet-56; CKA on 2,000
+    # test images.
     return WideDeepConfig(
         train=dict(data="cifar10", data_kwargs={"image_size": 16}, train_examples=2500, batch_size=128,
-                   eval_batch_size=500, num_epochs=40, lr=0.1, warmup_epochs=1, weight_decay=5e-4,
-                   augment=False, model_kwargs={"zero_init_last_bn": True}, progress=True),
+                   eval_batch_size=500, num_epochs=40, lr=0.1, warmup_epochs=2, weight_decay=5e-4,
+                   augment=False, progress=True),
         depths=(20, 56), widths=(1,), width_depths=(), train_fractions=(1.0, 0.25), seeds=(0,),
         population=((20, 1),), population_seeds=(0, 1), cka_batch_size=256, max_eval_examples=2000,
         sample_size=1000, probe_train_examples=1000,
@@ -187,13 +219,13 @@ def get_config(variant: str = "local") -> WideDeepConfig:
         train=dict(data="tfds:imagenet2012", eval_split="validation", data_kwargs={"image_size": 224},
                    batch_size=1024, eval_batch_size=1024, num_epochs=90, lr=0.4, warmup_epochs=5,
                    weight_decay=1e-4, label_smoothing=0.1, augment=True, dtype="bfloat16",
-                   model_kwargs={"zero_init_last_bn": True}, checkpoint_every_steps=2000, keep_checkpoints=2),
+                   checkpoint_every_steps=2000, keep_checkpoints=2),
         model="imagenet_resnet", depths=(50, 101, 152), widths=(1, 2, 3), width_depths=(50,),
         cka_batch_size=256, max_eval_examples=10_000, sample_size=256, probe_train_examples=0,
     )
   raise ValueError(
-      f"Unknown wide_deep variant {variant!r}; choose 'local', 'local_long', 'cifar10_local', 'cifar10' or "
-      "'imagenet'."
+      f"Unknown wide_deep variant {variant!r}; choose 'local', 'local_init', 'local_long', 'cifar10_local', "
+      "'cifar10' or 'imagenet'."
   )
 
 
@@ -202,6 +234,8 @@ def train_config(cfg: WideDeepConfig, spec: ModelSpec):
 
   kwargs = dict(cfg.train)
   model_kwargs = {**dict(kwargs.pop("model_kwargs", {})), "width": spec.width}
+  if spec.zero_init:
+    model_kwargs["zero_init_last_bn"] = True
   if cfg.model == "imagenet_resnet":
     from rsim_jax.models import imagenet_resnet
 
@@ -243,6 +277,18 @@ def initial_model(workdir: pathlib.Path):
   return load_initial_model(workdir)
 
 
+# Bumped when a cached per-model analysis would no longer match what `analyse_model` computes (2: the block is
+# read against the untrained network at the same layers).
+ANALYSIS_VERSION = 2
+
+
+def detect_block(cfg: WideDeepConfig, trained_cka, init_cka, pc1, init_pc1, names):
+  """The block of one model against its untrained twin (`analysis.block_structure.block_vs_baseline`)."""
+  return block_structure.block_vs_baseline(
+      trained_cka, init_cka, threshold=cfg.block_threshold, names=names, trained_pc1=pc1, baseline_pc1=init_pc1,
+      min_pc1=cfg.block_min_pc1, min_pc1_gain=cfg.block_min_pc1_gain, min_size=cfg.block_min_size)
+
+
 def _batches(config, split: str, batch_size: int, max_examples: int | None):
   return extract.split_batches(config, split=split, batch_size=batch_size, max_examples=max_examples)
 
@@ -255,8 +301,10 @@ def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path,
   """Everything about one model: within-model CKA (trained and at initialisation), block vs baseline, PC1
   analysis, linear probes, test predictions. Cached as `out_dir/<name>.json`."""
   cache = out_dir / f"{spec.name}.json"
-  if cache.exists():
-    result = json.loads(cache.read_text())
+  result = json.loads(cache.read_text()) if cache.exists() else None
+  if result is not None and result.get("version") != ANALYSIS_VERSION:
+    result = None  # made by an earlier detector: re-extracted (the trained model itself is reused)
+  if result is not None:
     if _wants_pruning(cfg, spec) and "pruning" not in result:  # Added to a cached analysis, not recomputed.
       from rsim_jax.train import load_model
 
@@ -277,10 +325,10 @@ def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path,
     pc1 = principal_components.pc1_fractions(comparison.samples[0])
     init_pc1 = principal_components.pc1_fractions(comparison.samples[1])
     pc1, init_pc1 = [pc1[n] for n in names], [init_pc1[n] for n in names]
-  blocks = block_structure.block_vs_baseline(trained_cka, init_cka, threshold=cfg.block_threshold, names=names,
-                                             trained_pc1=pc1, baseline_pc1=init_pc1)
+  blocks = detect_block(cfg, trained_cka, init_cka, pc1, init_pc1, names)
   final = json.loads((model_dir / "final_metrics.json").read_text())
   result = {
+      "version": ANALYSIS_VERSION,
       "spec": dataclasses.asdict(spec),
       "layer_names": list(names),
       "test_accuracy": final["test_accuracy"],
@@ -311,13 +359,13 @@ def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path,
     result["pruning"] = pruning_analysis(cfg, trained, config, result["blocks"]["trained"])
   out_dir.mkdir(parents=True, exist_ok=True)
   cache.write_text(json.dumps(result))
-  _model_heatmap(spec, result, out_dir)
+  _model_heatmap(spec, result, out_dir, redraw=True)
   return result
 
 
-def _model_heatmap(spec: ModelSpec, result: dict, out_dir: pathlib.Path) -> None:
+def _model_heatmap(spec: ModelSpec, result: dict, out_dir: pathlib.Path, *, redraw: bool = False) -> None:
   path = out_dir / f"{spec.name}_cka.png"
-  if not path.exists():
+  if redraw or not path.exists():
     names = result["layer_names"]
     plotting.cka_heatmap(np.array(result["cka_trained"]), path, x_labels=names, y_labels=names,
                          title=f"{spec.name}: test acc {result['test_accuracy']:.3f}")
@@ -380,7 +428,7 @@ def _cross_pairs(cfg: WideDeepConfig, specs: Sequence[ModelSpec]) -> list[tuple[
   """Cross-seed pairs (first two seeds of every architecture that has two) and the configured cross-architecture
   pairs, at training fraction 1."""
   pairs = []
-  full = [s for s in specs if s.train_fraction == 1.0]
+  full = [s for s in specs if s.train_fraction == 1.0 and not s.zero_init]
   for arch in dict.fromkeys(s.architecture for s in full):
     same = sorted((s for s in full if s.architecture == arch), key=lambda s: s.seed)
     if len(same) >= 2:
@@ -415,24 +463,34 @@ def population_analysis(cfg: WideDeepConfig, results: dict) -> dict | None:
   }
 
 
-def _grid_figure(results: dict[str, dict], specs: Sequence[ModelSpec], get, path: pathlib.Path, title: str):
-  """Row 1: the depths at width 1; row 2: the widths (the paper's Figure 1/2 layout)."""
+def _grid_figure(results: dict[str, dict], specs: Sequence[ModelSpec], get, path: pathlib.Path, title: str, *,
+                 outline: bool = True):
+  """Row 1: the depths at width 1; row 2: the widths (the paper's Figure 1/2 layout). With `outline`, each
+  detected block is outlined and named in the panel title."""
   depth_specs = [s for s in specs if s.width == 1]
   width_specs = [s for s in specs if s.width != 1]
   groups = [("depth", depth_specs), ("width", width_specs)]
   groups = [(label, group) for label, group in groups if group]
+
+  def title_of(s):
+    block = results[s.name]["blocks"]["trained"]
+    return f"{s.label}\nblock {block['start']}–{block['end']}" if outline and block["size"] else s.label
+
   return plotting.cka_heatmap_grid(
       [[np.array(get(results[s.name])) for s in group] for _, group in groups],
       path,
-      titles=[[s.label for s in group] for _, group in groups],
+      titles=[[title_of(s) for s in group] for _, group in groups],
       row_labels=[label for label, _ in groups],
       suptitle=title,
+      boxes=[[_block_range(results[s.name]["blocks"]["trained"]) if outline else None for s in group]
+             for _, group in groups],
   )
 
 
 def _grid_specs(cfg: WideDeepConfig, specs: Sequence[ModelSpec], fraction: float, seed: int) -> list[ModelSpec]:
   grid = {(d, 1) for d in cfg.depths} | {(d, w) for d in cfg.width_depths for w in cfg.widths}
-  return [s for s in specs if s.train_fraction == fraction and s.seed == seed and s.architecture in grid]
+  return [s for s in specs
+          if s.train_fraction == fraction and s.seed == seed and s.architecture in grid and not s.zero_init]
 
 
 def run(cfg: WideDeepConfig, workdir: str | pathlib.Path) -> pathlib.Path:
@@ -463,6 +521,7 @@ def run(cfg: WideDeepConfig, workdir: str | pathlib.Path) -> pathlib.Path:
   summary = {
       "models": {name: {k: v for k, v in r.items() if not k.startswith("cka_") and k not in ("predictions", "labels")}
                  for name, r in results.items()},
+      "init_ablation": _init_ablation_rows(cfg, results),
       "cross": [{k: v for k, v in c.items() if k != "cross_cka"} for c in cross],
       "population": population,
   }
@@ -479,9 +538,9 @@ def _figures(cfg, specs, results, workdir) -> list[pathlib.Path]:
         continue
       tag = f"frac{fraction:g}_seed{seed}"
       figures.append(_grid_figure(results, group, lambda r: r["cka_trained"], workdir / f"cka_grid_{tag}.png",
-                                  f"trained, training fraction {fraction:g}, seed {seed}"))
+                                  f"trained, training fraction {fraction:g}, seed {seed} (dashed: detected block)"))
       figures.append(_grid_figure(results, group, lambda r: r["cka_init"], workdir / f"cka_grid_init_{tag}.png",
-                                  f"at initialisation (baseline), seed {seed}"))
+                                  f"at initialisation (baseline), seed {seed}", outline=False))
   main = _grid_specs(cfg, specs, 1.0, min(cfg.seeds))
   if cfg.sample_size and main:
     figures.append(_grid_figure(results, main, lambda r: r["pc1"]["cka_pc1_removed"],
@@ -513,17 +572,50 @@ def _figures(cfg, specs, results, workdir) -> list[pathlib.Path]:
         title="deleting one residual block (at its output layer; shaded: block)"))
   if len(cfg.train_fractions) > 1:
     fractions = sorted(cfg.train_fractions)
-    series = {}
+    sizes, pc1_max = {}, {}
     for arch in dict.fromkeys(s.architecture for s in specs if s.train_fraction != 1.0):
       label = f"ResNet-{arch[0]} ×{arch[1]}"
-      series[label] = [
-          results[ModelSpec(*arch, f, min(cfg.seeds)).name]["blocks"]["size_gain"]
-          if ModelSpec(*arch, f, min(cfg.seeds)).name in results else np.nan for f in fractions
-      ]
-    figures.append(plotting.metric_lines(fractions, series, workdir / "block_vs_dataset_size.png", log_x=True,
-                                         xlabel="training-set fraction", ylabel="block size − untrained block size",
+      rows = [results.get(ModelSpec(*arch, f, min(cfg.seeds)).name) for f in fractions]
+      sizes[label] = [r["blocks"]["trained"]["size"] if r else np.nan for r in rows]
+      pc1_max[label] = [max(r["pc1"]["pc1_fraction"]) if r and "pc1" in r else np.nan for r in rows]
+    figures.append(plotting.metric_lines(fractions, sizes, workdir / "block_vs_dataset_size.png", log_x=True,
+                                         xlabel="training-set fraction", ylabel="block size (layers; 0 = none)",
                                          title="dataset size and the block structure"))
+    if cfg.sample_size:
+      figures.append(plotting.metric_lines(fractions, pc1_max, workdir / "pc1_vs_dataset_size.png", log_x=True,
+                                           xlabel="training-set fraction", ylabel="largest PC1 fraction of any layer",
+                                           title="dataset size and the first principal component"))
+  ablation = _init_ablation_rows(cfg, results)
+  if ablation and cfg.sample_size:
+    profiles, styles = {}, {}
+    for row in ablation:
+      for init in ("standard", "zero-init"):
+        key = f"{row['label']} {init}, seed {row['seed']}"
+        profiles[key] = row[init]["pc1_fraction"]
+        styles[key] = "-" if init == "standard" else "--"
+    figures.append(plotting.layer_profiles(
+        profiles, workdir / "init_ablation_pc1.png", ylabel="variance fraction on PC1", ylim=(0, 1), styles=styles,
+        title="standard init (BN scale 1, solid) vs zero-init last BN (dashed)"))
   return figures
+
+
+def _init_ablation_rows(cfg: WideDeepConfig, results: dict) -> list[dict]:
+  """One row per (architecture, seed) of the init ablation: the standard and the zero-init model's numbers."""
+  rows = []
+  for depth, width in cfg.init_ablation:
+    for seed in cfg.init_ablation_seeds:
+      pair = {}
+      for zero_init, key in ((False, "standard"), (True, "zero-init")):
+        r = results.get(ModelSpec(depth, width, 1.0, seed, zero_init).name)
+        if r is None:
+          break
+        pc1 = r.get("pc1", {}).get("pc1_fraction", [])
+        pair[key] = {"test_accuracy": r["test_accuracy"], "train_accuracy": r.get("train_accuracy"),
+                     "pc1_fraction": pc1, "max_pc1": max(pc1) if pc1 else float("nan"),
+                     "block": r["blocks"]["trained"], "has_block": r["blocks"]["has_block"]}
+      else:
+        rows.append({"label": f"ResNet-{depth} ×{width}", "seed": seed, **pair})
+  return rows
 
 
 def _span(block: dict) -> str:
@@ -538,37 +630,55 @@ def write_report(cfg, specs, results, cross, population, figures, workdir: pathl
   lines = [
       "# Wide vs deep: within-model CKA, block structure and what it means",
       "",
-      f"Block = longest run of layers with all pairwise minibatch CKA ≥ {cfg.block_threshold} (test split); the",
-      "untrained network (same architecture and seed, at initialisation) is the baseline every block is read",
-      "against. *Has block* = longer than the baseline's run and its mean PC1 variance fraction > max(0.5, the",
-      "baseline's over the same layers) (`BlockComparison.has_block`). PC1 and probe numbers are on a random",
-      f"sample of {cfg.sample_size} test examples; probes are ridge classifiers fitted on {cfg.probe_train_examples} "
-      "training examples.",
+      f"Block = at least {cfg.block_min_size} contiguous layers with all pairwise minibatch CKA ≥ {cfg.block_threshold} "
+      "(test split), each",
+      f"with a first principal component carrying ≥ {cfg.block_min_pc1} of its variance and ≥ {cfg.block_min_pc1_gain} "
+      "more than the same",
+      "network at initialisation at the same layer (`analysis.block_structure.block_vs_baseline`). The untrained",
+      "network (same architecture and seed) is the baseline every number is read against: its own longest similar",
+      "run is listed for reference (deep untrained nets have long runs of trivially similar neighbours elsewhere).",
+      f"PC1 and probe numbers are on a random sample of {cfg.sample_size} test examples; probes are ridge classifiers",
+      f"fitted on {cfg.probe_train_examples} training examples.",
       "",
-      "| model | train acc | test acc | layers | block (trained) | block (init) | gain | PC1 in block (trained / init)"
-      " | has block | CKA in block: before / PC1 removed | probe acc: block mean / last |",
-      "|---|---:|---:|---:|---|---|---:|---|---|---|---|",
+      "| model | train acc | test acc | layers | block | PC1 in block: trained / init | CKA in block: trained / init"
+      " | CKA block vs earlier layers | longest similar run: trained / init | has block | CKA in block after PC1"
+      " removed | probe acc: block mean / last |",
+      "|---|---:|---:|---:|---|---|---|---:|---|---|---:|---|",
   ]
   for spec in specs:
     r = results[spec.name]
     b = r["blocks"]
     pc1_block = r.get("pc1", {}).get("block")
-    cka_cell = f"{pc1_block['mean_cka']:.3f} / {pc1_block['mean_cka_pc1_removed']:.3f}" if pc1_block else "–"
+    removed = _fmt(pc1_block["mean_cka_pc1_removed"]) if pc1_block and b["has_block"] else "–"
     probe_cell = "–"
     if "probe_accuracy" in r:
       acc = np.array(r["probe_accuracy"])
       inside = acc[b["trained"]["start"] : b["trained"]["end"] + 1] if b["trained"]["size"] else np.array([])
       probe_cell = f"{_fmt(float(inside.mean()) if inside.size else None)} / {acc[-1]:.3f}"
+    named = f"{_span(b['trained'])}" + (f" {b['trained']['names'][0]} … {b['trained']['names'][-1]}"
+                                       if b["trained"]["size"] and b["trained"].get("names") else "")
     lines.append(
         f"| {spec.name} | {_fmt(r.get('train_accuracy'))} | {r['test_accuracy']:.3f} | {len(r['layer_names'])} | "
-        f"{_span(b['trained'])} | {_span(b['baseline'])} | {b['size_gain']:+d} | "
-        f"{_fmt(b['trained_pc1_fraction'], '.2f')} / {_fmt(b['baseline_pc1_fraction'], '.2f')} | "
-        f"{'yes' if b['has_block'] else 'no'} | {cka_cell} | {probe_cell} |"
+        f"{named} | {_fmt(b['trained_pc1_fraction'], '.2f')} / {_fmt(b['baseline_pc1_fraction'], '.2f')} | "
+        f"{_fmt(b['trained_mean_cka'], '.2f')} / {_fmt(b['baseline_mean_cka'], '.2f')} | {_fmt(b['cka_to_rest'], '.2f')} | "
+        f"{_span(b['trained_run'])} / {_span(b['baseline'])} | {'**yes**' if b['has_block'] else 'no'} | {removed} | "
+        f"{probe_cell} |"
     )
+  lines += ["", "Without a block, the PC1 and CKA columns are read over the trained network's longest similar run."]
+  ablation = _init_ablation_rows(cfg, results)
+  if ablation:
+    lines += ["", "## Initialisation ablation: standard (BatchNorm scales 1) vs zero-init last BN of each block", "",
+              "| model | seed | test acc: standard / zero-init | train acc: standard / zero-init | largest PC1: standard / "
+              "zero-init | block: standard / zero-init |", "|---|---:|---|---|---|---|"]
+    for row in ablation:
+      st, zi = row["standard"], row["zero-init"]
+      lines.append(f"| {row['label']} | {row['seed']} | {st['test_accuracy']:.3f} / {zi['test_accuracy']:.3f} | "
+                   f"{_fmt(st['train_accuracy'])} / {_fmt(zi['train_accuracy'])} | {_fmt(st['max_pc1'], '.2f')} / "
+                   f"{_fmt(zi['max_pc1'], '.2f')} | {_span(st['block'])} / {_span(zi['block'])} |")
   pruned = [spec for spec in specs if results[spec.name].get("pruning")]
   if pruned:
     lines += ["", "## Block pruning: test accuracy with one residual block deleted (no fine-tuning)", "",
-              "Inside = blocks whose output layer lies in the trained block run. Cumulative: the last k removable "
+              "Inside = residual blocks whose output layer lies in the detected block (none without a block). Cumulative: the last k removable "
               "blocks deleted together.", "",
               "| model | full acc | blocks inside / outside | mean drop inside | mean drop outside | max drop | "
               "acc. with last 25% / 50% deleted |", "|---|---:|---|---:|---:|---:|---|"]

@@ -45,17 +45,99 @@ def test_longest_of_two_blocks_and_threshold_dependence():
   assert block_structure.find_block(cka, threshold=0.8).start == 20
 
 
-def test_block_vs_baseline_needs_gain_and_pc1():
-  names = [f"l{i}" for i in range(30)]
-  trained, baseline = _with_block(30, 8, 21), _with_block(30, 10, 13)
-  pc1_trained = np.full(30, 0.2)
-  pc1_trained[8:22] = 0.9
+def test_eligible_layers_restrict_the_run():
+  cka = _with_block(30, 8, 21)
+  eligible = np.zeros(30, bool)
+  eligible[12:18] = True
+  block = block_structure.find_block(cka, threshold=0.9, eligible=eligible)
+  assert (block.start, block.end) == (12, 17)
+  assert block_structure.find_block(cka, eligible=np.zeros(30, bool)).size == 0
+
+
+def _pc1_profile(num_layers, start=None, end=None, inside=0.92, outside=0.2):
+  pc1 = np.full(num_layers, outside)
+  if start is not None:
+    pc1[start : end + 1] = inside
+  return pc1
+
+
+def test_detector_finds_block_read_against_init_at_the_same_layers():
+  # The ResNet-56 case: a trained 20-layer block (PC1 0.92) where the untrained net has PC1 0.41, while
+  # the untrained net's longest similar run is longer and sits elsewhere (its last stage). The earlier
+  # run-length rule reported "no block" (size gain −8); reading the contrast at the same layers finds it.
+  names = [f"l{i}" for i in range(56)]
+  trained = _with_block(56, 21, 40, value=0.95)
+  init = _with_block(56, 28, 55, value=0.93)
   cmp = block_structure.block_vs_baseline(
-      trained, baseline, trained_pc1=pc1_trained, baseline_pc1=np.full(30, 0.25), names=names
-  )
-  assert cmp.size_gain == 10 and cmp.trained_pc1_fraction == pytest.approx(0.9) and cmp.has_block
-  same = block_structure.block_vs_baseline(baseline, baseline, trained_pc1=np.full(30, 0.9), baseline_pc1=np.full(30, 0.9))
-  assert not same.has_block
+      trained, init, trained_pc1=_pc1_profile(56, 21, 40), baseline_pc1=_pc1_profile(56, 21, 40, inside=0.41),
+      names=names)
+  assert cmp.has_block and (cmp.trained.start, cmp.trained.end) == (21, 40)
+  assert cmp.size_gain < 0  # shorter than the untrained run elsewhere, and still a block
+  assert cmp.trained_pc1_fraction == pytest.approx(0.92) and cmp.baseline_pc1_fraction == pytest.approx(0.41)
+  assert cmp.pc1_contrast == pytest.approx(0.51)
+  assert cmp.trained.names[0] == "l21"
+  assert cmp.cka_to_rest < 0.5  # dark against the early layers
+  assert cmp.to_json()["has_block"] is True
+
+
+def test_detector_rejects_untrained_deep_net_long_trivial_run():
+  # An untrained deep net compared with itself: a long similar run, even a large PC1, but no gain over init.
+  init = _with_block(56, 28, 55, value=0.93)
+  pc1 = _pc1_profile(56, 28, 55, inside=0.7)
+  cmp = block_structure.block_vs_baseline(init, init, trained_pc1=pc1, baseline_pc1=pc1)
+  assert not cmp.has_block and cmp.trained.size == 0
+  assert cmp.trained_run.size == 28  # the run is reported, but it is not a block
+
+
+def test_detector_rejects_trained_shallow_net_without_dominant_pc():
+  # ResNet-20 ×1 on digits: the trained net has a similar run (stem and stage 1) but PC1 ≤ 0.33 everywhere.
+  trained, init = _with_block(21, 0, 8), _with_block(21, 0, 7)
+  cmp = block_structure.block_vs_baseline(trained, init, trained_pc1=_pc1_profile(21, 0, 8, inside=0.33),
+                                          baseline_pc1=_pc1_profile(21, outside=0.15))
+  assert not cmp.has_block
+  assert cmp.trained_pc1_fraction == pytest.approx(0.33)  # read over the trained run when there is no block
+
+
+def test_detector_needs_mutual_similarity_not_just_dominant_layers():
+  # Dominated layers that are not similar to each other (CKA decaying with distance) are no block.
+  cka = _decaying(30, rate=0.3)
+  cmp = block_structure.block_vs_baseline(cka, _decaying(30, rate=0.3), trained_pc1=_pc1_profile(30, 5, 25),
+                                          baseline_pc1=_pc1_profile(30))
+  assert not cmp.has_block
+
+
+def test_detector_on_planted_synthetic_stack():
+  # Activations of a synthetic 24-layer stack: layers 8–17 share one dominant direction (a block), the rest are
+  # independent mixtures; the untrained twin has no shared direction. CKA and PC1 computed from the activations.
+  from rsim_jax import kernels
+  rng = np.random.default_rng(0)
+  n, d = 400, 32
+  common = rng.standard_normal((n, 1))
+  base = rng.standard_normal((n, d))
+
+  def stack(block):
+    layers = []
+    for i in range(24):
+      x = 0.35 * base + rng.standard_normal((n, d))
+      if block and 8 <= i <= 17:
+        x = x + 6.0 * common * rng.standard_normal((1, d))  # the shared signal, in a direction of its own
+      layers.append(x.astype(np.float32))
+    cka = np.array([[float(kernels.cka(a, b)) for b in layers] for a in layers])
+    pc1 = np.array([float(kernels.first_pc_fraction(a)) for a in layers])
+    return cka, pc1
+
+  trained_cka, trained_pc1 = stack(True)
+  init_cka, init_pc1 = stack(False)
+  cmp = block_structure.block_vs_baseline(trained_cka, init_cka, trained_pc1=trained_pc1, baseline_pc1=init_pc1)
+  assert cmp.has_block and (cmp.trained.start, cmp.trained.end) == (8, 17)
+  control = block_structure.block_vs_baseline(init_cka, init_cka, trained_pc1=init_pc1, baseline_pc1=init_pc1)
+  assert not control.has_block
+
+
+def test_detector_without_pc1_uses_cka_contrast():
+  trained, init = _with_block(30, 8, 21, value=0.97), _decaying(30)
+  assert block_structure.block_vs_baseline(trained, init).has_block
+  assert not block_structure.block_vs_baseline(trained, trained).has_block
 
 
 def test_errors():
@@ -67,3 +149,11 @@ def test_errors():
     block_structure.find_block(np.eye(3), threshold=1.5)
   with pytest.raises(ValueError, match="same architecture"):
     block_structure.block_vs_baseline(np.eye(3), np.eye(4))
+  with pytest.raises(ValueError, match="both"):
+    block_structure.block_vs_baseline(np.eye(3), np.eye(3), trained_pc1=np.ones(3))
+  with pytest.raises(ValueError, match="shape"):
+    block_structure.block_vs_baseline(np.eye(3), np.eye(3), trained_pc1=np.ones(4), baseline_pc1=np.ones(4))
+  with pytest.raises(ValueError, match="NaN"):
+    block_structure.dominated_layers(np.array([np.nan, 1.0]), np.ones(2))
+  with pytest.raises(ValueError, match="eligible"):
+    block_structure.find_block(np.eye(3), eligible=np.ones(4, bool))

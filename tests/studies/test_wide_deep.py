@@ -12,15 +12,21 @@ def _tiny_config(depths=(8,)):
       train=dict(data="fake", batch_size=32, eval_batch_size=32, num_epochs=1, lr=0.05, progress=False, num_devices=1,
                  log_every_steps=5),
       depths=depths, widths=(1, 2), width_depths=(8,), cka_batch_size=25, sample_size=60, probe_train_examples=64,
-      population=((8, 1), (8, 2)), population_seeds=(0, 1),
+      population=((8, 1), (8, 2)), population_seeds=(0, 1), init_ablation=((8, 1),),
   )
 
 
 def test_grid_of_models():
   names = [s.name for s in wide_deep.get_config("local").models()]
-  assert names[:5] == ["resnet20_x1_seed0", "resnet56_x1_seed0", "resnet20_x4_seed0", "resnet20_x1_frac0.25_seed0",
-                       "resnet56_x1_frac0.25_seed0"]
-  assert len(names) == len(set(names)) == 11  # + seeds 1–3 of the two population architectures
+  assert names[:6] == ["resnet20_x1_seed0", "resnet56_x1_seed0", "resnet20_x2_seed0", "resnet20_x4_seed0",
+                       "resnet20_x1_frac0.25_seed0", "resnet56_x1_frac0.25_seed0"]
+  assert len(names) == len(set(names)) == 10  # + seeds 1–2 of the two population architectures
+  # Every variant trains the papers' standard ResNets (BatchNorm scales 1); zero-init is the ablation only.
+  for variant in ("local", "local_long", "cifar10_local", "cifar10", "imagenet"):
+    assert not any(r["model_kwargs"].get("zero_init_last_bn") for r in wide_deep.plan(wide_deep.get_config(variant)))
+  ablation = {r["name"]: r["model_kwargs"].get("zero_init_last_bn", False)
+              for r in wide_deep.plan(wide_deep.get_config("local_init"))}
+  assert ablation == {f"resnet56_x1_seed{i}{z}": bool(z) for i in range(3) for z in ("", "_zeroinit")}
   paper = wide_deep.get_config("cifar10").models()
   assert {(s.depth, s.width) for s in paper} >= {(164, 1), (38, 10), (14, 8)}
   assert {s.train_fraction for s in paper} == {1.0, 0.25, 0.0625}
@@ -81,6 +87,15 @@ def test_study_runs_end_to_end_and_resumes(tmp_path, fake_data, depths):
   assert np.array(cross["cross_cka"]).shape == (num_layers, num_layers)
   assert summary["population"]["num_seeds"] == 2 and "p_value" in summary["population"]["examples"]
   assert "Output level" in text and "Cross-model CKA" in text and "Block pruning" in text
+  # The init ablation: the zero-init twin of ResNet-8 ×1 starts with the last BN scale of every block at 0.
+  assert "Initialisation ablation" in text and (tmp_path / "init_ablation_pc1.png").stat().st_size > 1000
+  (row,) = summary["init_ablation"]
+  assert row["label"] == "ResNet-8 ×1" and row["seed"] == 0
+  assert len(row["standard"]["pc1_fraction"]) == len(row["zero-init"]["pc1_fraction"]) == num_layers
+  zero_init_config = json.loads((tmp_path / "models" / "resnet8_x1_seed0_zeroinit" / "config.json").read_text())
+  assert zero_init_config["model_kwargs"]["zero_init_last_bn"] is True
+  for name, r in summary["models"].items():  # the detector's fields, read against the untrained twin
+    assert {"trained_run", "pc1_contrast", "cka_contrast", "has_block"} <= set(r["blocks"])
   # A second run resumes: nothing is retrained or re-extracted; figures deleted since are redrawn from the caches.
   stamp = (tmp_path / "analysis" / "resnet8_x1_seed0.json").stat().st_mtime_ns
   cross_png = tmp_path / "cross_resnet8_x1_seed0__resnet8_x1_seed1.png"
@@ -91,7 +106,7 @@ def test_study_runs_end_to_end_and_resumes(tmp_path, fake_data, depths):
   assert cross_png.stat().st_size > 1000 and (tmp_path / "analysis" / "resnet8_x1_seed0_cka.png").exists()
 
 
-@pytest.mark.parametrize("variant", ["local", "local_long", "cifar10_local", "cifar10", "imagenet"])
+@pytest.mark.parametrize("variant", ["local", "local_init", "local_long", "cifar10_local", "cifar10", "imagenet"])
 def test_every_variant_plans_valid_train_configs(variant):
   cfg = wide_deep.get_config(variant)
   rows = wide_deep.plan(cfg)
