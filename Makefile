@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= test,tfds
 
-.PHONY: install demo test test-slow test-notebooks bench clean
+.PHONY: install demo test test-slow test-notebooks bench rehearse clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test-notebooks:
 	$(MAKE) install EXTRAS=test,tfds,notebooks
 	RSIM_NOTEBOOK_TINY=1 RSIM_NOTEBOOK_WORKDIR=$$(mktemp -d) $(BIN)/python -m pytest -p no:cacheprovider \
 	  -o addopts="" --nbmake colab/
+
+# Multi-host rehearsal before paying for a slice: train + checkpoint + resume + all-layer CKA in 2 JAX processes
+# × 4 CPU devices (gloo), compared with 1 process × 8 devices; fails if they differ by more than 1e-5.
+rehearse: install
+	$(BIN)/rsim rehearse --workdir runs/rehearse
 
 bench: install
 	$(BIN)/python benchmarks/cka_bench.py

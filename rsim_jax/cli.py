@@ -9,7 +9,7 @@
 `rsim cka --batch-size b` is the CKA minibatch per device, for both inputs: with --sharded each global batch
 holds b × (devices of all hosts) examples, one minibatch of b per device, which gives the same matrix as one
 device with b. Paths (runs, .npz files, --out, work directories) may be local or gs://… . On a multi-host slice
-every host runs the same command; process 0 writes the files.
+every host runs the same command with `rsim --multihost ...`; process 0 writes the files.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io as _bytes_io
 import json
+import os
 import sys
 
 
@@ -124,6 +125,9 @@ def cmd_rehearse(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="rsim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--multihost", action="store_true",
+                      help="join the other hosts first (jax.distributed.initialize(); also RSIM_MULTIHOST=1): give it "
+                      "on every worker of a multi-host TPU slice")
   sub = parser.add_subparsers(dest="command", required=True)
 
   p = sub.add_parser("cka", help="minibatch CKA heatmap of stored activations (.npz: layer name -> (N, ...)) "
@@ -162,8 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _initialize_distributed(args) -> None:
+  """Joins the other hosts of a slice (`jax.distributed.initialize()`, which finds the coordinator itself on
+  Cloud TPU, SLURM and other clusters it knows) before JAX's first use."""
+  if args.multihost or os.environ.get("RSIM_MULTIHOST", "") not in ("", "0"):
+    import jax
+
+    jax.distributed.initialize()
+
+
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  _initialize_distributed(args)
   return args.func(args)
 
 

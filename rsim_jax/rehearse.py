@@ -361,7 +361,11 @@ def rehearse(workdir: str, *, num_processes: int = 2, local_devices: int = 4, ti
   Returns `compare`'s dict plus "seconds" (wall time of each run), "writes" (files each process of the
   multi-process run opened for writing) and "files" (files each run left, outside checkpoints/).
   """
+  import shutil  # noqa: PLC0415
+
   multi_dir, single_dir = os.path.join(workdir, "multi"), os.path.join(workdir, "single")
+  for d in (multi_dir, single_dir):  # a fresh start: a finished run would otherwise just be resumed
+    shutil.rmtree(d, ignore_errors=True)
   multi = run_processes(multi_dir, num_processes=num_processes, local_devices=local_devices, timeout=timeout)
   single = run_processes(single_dir, num_processes=1, local_devices=num_processes * local_devices,
                          timeout=timeout)
