@@ -12,7 +12,10 @@ RSA compares two RDMs over their `m = n(n−1)/2` upper-triangle entries with Pe
 because dissimilarities of different representations need not be linearly related).
 
 Float32 accuracy: patterns are centred after a shift by one of their entries (exact for large offsets), sums
-over the `m` entries are blocked (`O(√m·ε)` rounding rather than `O(m·ε)`), and ranks are integer.
+over the `m` entries are blocked (`O(√m·ε)` rounding rather than `O(m·ε)`), and ranks are integer. Ties are
+values that are equal as computed: dissimilarities equal in exact arithmetic (e.g. between integer-valued
+patterns) can differ in their last float32 bit and then rank apart; pass exact RDMs to `rdm_similarity` when
+ties matter.
 
 References:
   Kriegeskorte, Mur & Bandettini (2008). Representational similarity analysis — connecting the branches of
@@ -136,12 +139,14 @@ def _unit_vector(rdm_matrix: jax.Array, method: str) -> jax.Array:
   """The RDM's upper triangle (or its ranks), centred and scaled to unit norm: Pearson's r of two such
   vectors is their dot product."""
   v = _upper(rdm_matrix)
+  undefined = jnp.any(jnp.isnan(v))  # ranks would hide a NaN dissimilarity
   if method == "spearman":
     v = _centred_ranks(v).astype(rdm_matrix.dtype)
   else:
     v = v - _blocked_sum(v) / v.shape[0]
   norm = jnp.sqrt(_blocked_sum(v * v))
-  return v / jnp.where(norm > 0, norm, jnp.nan)  # a constant RDM: NaN, reported by the callers
+  # A constant RDM or an undefined dissimilarity: NaN, reported by the callers.
+  return v / jnp.where((norm > 0) & ~undefined, norm, jnp.nan)
 
 
 def _layer_vector(x, *, metric, method):
