@@ -601,7 +601,7 @@ def sample_activations(
 
 
 def split_batches(config, *, split: str | None = None, batch_size: int = 256, mesh: jax.sharding.Mesh | None = None,
-                  max_examples: int | None = None, seed: int = 0):
+                  max_examples: int | None = None, seed: int = 0, local: bool = False):
   """Evaluation batches of a trained model's data, for `compare_models`: `(batches, number of batches)`.
 
   Each global batch holds `batch_size × D` examples (D = devices of `mesh`), so each device's CKA minibatch has
@@ -617,12 +617,14 @@ def split_batches(config, *, split: str | None = None, batch_size: int = 256, me
     max_examples: cap on examples; a class-balanced seeded subset (`data.subsample`) when the split allows
       one, else the first `max_examples` (None = the whole split).
     seed: seed of that subset.
+    local: every process reads every example, in whole batches of `batch_size` (for code that runs on one
+      device per process and needs the whole split, e.g. `analysis.pruning`); `mesh` is then ignored.
   """
   from rsim_jax import data
 
   if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
     raise ValueError(f"`batch_size` (examples per device) must be a positive int, got {batch_size!r}.")
-  devices = (parallel.data_mesh() if mesh is None else mesh).shape[parallel.DATA_AXIS]
+  devices = 1 if local else (parallel.data_mesh() if mesh is None else mesh).shape[parallel.DATA_AXIS]
   global_batch = int(batch_size) * devices
   ds = data.load(config.data, split or config.eval_split, **config.data_kwargs)
   if max_examples is not None and max_examples < len(ds.labels):
@@ -630,4 +632,5 @@ def split_batches(config, *, split: str | None = None, batch_size: int = 256, me
       ds = data.subsample(ds, count=max_examples - max_examples % ds.num_classes, seed=seed)
     except (ValueError, AttributeError):
       ds = data.select(ds, np.arange(max_examples))
-  return data.eval_batches(ds, batch_size=global_batch), -(-len(ds.labels) // global_batch)
+  share = {"process_index": 0, "process_count": 1} if local else {}
+  return data.eval_batches(ds, batch_size=global_batch, **share), -(-len(ds.labels) // global_batch)

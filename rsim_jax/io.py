@@ -54,6 +54,22 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def agreed_exists(target: PathLike) -> bool:
+  """Whether `target` exists, as process 0 sees it, on every process.
+
+  For "reuse the cached result, else compute it" decisions around collective work: if one process saw a
+  file that another had not yet seen, the first would skip the computation and leave the others waiting in a
+  collective forever.
+  """
+  exists = path(target).exists()
+  if jax.process_count() == 1:
+    return exists
+  import numpy as np  # noqa: PLC0415
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(exists)))
+
+
 def _atomic_write(target: epath.Path, data: str | bytes) -> None:
   # A local file is written beside its target and renamed over it, so a reader (another process, or a run
   # resumed after a crash) never sees half a file. An object store's write is already all-or-nothing.

@@ -132,3 +132,17 @@ def test_metrics_writer_rewrites_whole_file_on_object_stores(tmp_path, monkeypat
   writer.truncate_after(2)
   writer.write(3, "train", {"loss": 30.0})
   assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+
+
+def test_local_split_batches_give_every_process_the_whole_split():
+  from rsim_jax import extract
+  from rsim_jax.train import TrainConfig
+
+  config = TrainConfig(model="resnet", model_kwargs={"depth": 8}, data="digits", data_kwargs={"image_size": 8})
+  batches, total = extract.split_batches(config, batch_size=100, local=True, max_examples=250)
+  batches = list(batches)
+  assert total == len(batches) == 3 and batches[0]["image"].shape[0] == 100
+  assert sum(int(b["mask"].sum()) for b in batches) == 250
+  sharded, sharded_total = extract.split_batches(config, batch_size=10, max_examples=250)  # 8 devices × 10
+  assert sharded_total == 4 and next(iter(sharded))["image"].shape[0] == 80
+  assert io.agreed_exists(os.devnull) and not io.agreed_exists(os.path.join(os.devnull, "x"))
