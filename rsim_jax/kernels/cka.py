@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from rsim_jax.kernels import _checks
+from rsim_jax.kernels import _sharding
 from rsim_jax.kernels.features import center_features
 from rsim_jax.kernels.gram import DEFAULT_PRECISION, center_gram, gram_rbf
 from rsim_jax.kernels.hsic import _sum2d
@@ -115,8 +116,8 @@ def cka(
   _check_on_undefined(on_undefined)
   if kernel == "linear":
     xc, yc = center_features(x), center_features(y)
-    gx = jnp.matmul(xc, xc.T, precision=precision)
-    gy = jnp.matmul(yc, yc.T, precision=precision)
+    gx = _sharding.gram(xc, xc, precision=precision)
+    gy = _sharding.gram(yc, yc, precision=precision)
   elif kernel == "rbf":
     gx = gram_rbf(x, threshold=threshold, precision=precision)
     gy = gram_rbf(y, threshold=threshold, precision=precision)
@@ -152,7 +153,7 @@ def linear_cka_features(
   xc, yc = center_features(x), center_features(y)
 
   def similarity(a, b):
-    cross = jnp.matmul(a.T, b, precision=precision)
+    cross = _sharding.contract_examples(a, b, precision=precision)  # split examples: a psum of partial sums
     value = _sum2d(cross * cross)
     if debiased:
       sq_rows_a = jnp.sum(a * a, axis=1)

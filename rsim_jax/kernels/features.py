@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from rsim_jax.kernels import _checks
+from rsim_jax.kernels import _sharding
 
 
 def flatten_features(x: jax.Array) -> jax.Array:
@@ -44,12 +45,12 @@ def center_features(x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array
   if mask is None:
     # Shift by the first example before averaging: the residual mean is then of the size of the spread,
     # so the float32 mean is accurate even for data offset by 1e4 (Sterbenz: x - x0 is exact for close values).
-    shifted = x - x[:1]
+    shifted = x - _sharding.row(x, 0)[None, :]
     return shifted - jnp.mean(shifted, axis=0, keepdims=True)
   m = mask.astype(x.dtype)[:, None]
   count = jnp.maximum(jnp.sum(m), 1.0)
   # Shift by a valid example for the same reason as above.
-  pivot = x[jnp.argmax(mask)][None, :]
+  pivot = _sharding.row(x, jnp.argmax(mask))[None, :]
   shifted = (x - pivot) * m
   return (shifted - jnp.sum(shifted, axis=0, keepdims=True) / count) * m
 

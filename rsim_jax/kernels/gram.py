@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from rsim_jax.kernels import _checks
+from rsim_jax.kernels import _sharding
 
 # Gram matrices are the numerically sensitive products: on TPU/GPU the default float32 matmul may use
 # bfloat16 passes, so the kernels ask for full float32 unless the caller chooses otherwise.
@@ -27,11 +28,11 @@ def gram_linear(x: jax.Array, *, precision=DEFAULT_PRECISION) -> jax.Array:
     precision: matmul precision (`lax.Precision`), full float32 by default.
 
   Returns:
-    `(n, n)` Gram matrix.
+    `(n, n)` Gram matrix (for `x` split over examples on an Explicit mesh: its rows split the same way).
   """
   x = _checks.as_float_array(x, "x")
   _checks.check_2d(x, "x")
-  return jnp.matmul(x, x.T, precision=precision)
+  return _sharding.gram(x, x, precision=precision)
 
 
 def squared_distances(x: jax.Array, *, precision=DEFAULT_PRECISION) -> jax.Array:
@@ -43,9 +44,10 @@ def squared_distances(x: jax.Array, *, precision=DEFAULT_PRECISION) -> jax.Array
   Returns:
     `(n, n)` with an exactly zero diagonal.
   """
-  dot = jnp.matmul(x, x.T, precision=precision)
-  sq_norms = jnp.diagonal(dot)
-  d2 = sq_norms[:, None] + sq_norms[None, :] - 2.0 * dot
+  dot = _sharding.gram(x, x, precision=precision)
+  sq_norms = _sharding.diagonal(dot)
+  # The column term is needed whole on every device (n values) when the rows are split.
+  d2 = sq_norms[:, None] + _sharding.replicated(sq_norms)[None, :] - 2.0 * dot
   d2 = jnp.maximum(d2, 0.0)
   return d2 * (1.0 - jnp.eye(x.shape[0], dtype=d2.dtype))
 
@@ -70,7 +72,8 @@ def gram_rbf(x: jax.Array, *, threshold: float = 1.0, precision=DEFAULT_PRECISIO
   from rsim_jax.kernels.features import center_features  # local: features imports nothing from here
 
   d2 = squared_distances(center_features(x), precision=precision)
-  median = jnp.median(d2)
+  # The median ranks all n² entries: a sort needs them on one device, so a split d2 is gathered here.
+  median = jnp.median(_sharding.replicated(d2))
   return jnp.exp(-d2 / (2.0 * threshold**2 * median))
 
 
@@ -107,7 +110,7 @@ def u_center_masked(gram: jax.Array, mask: jax.Array) -> jax.Array:
   valid examples `m = Σ mask` replaces n in the formula of `center_gram(…, unbiased=True)`; it may be traced.
   """
   n = gram.shape[-1]
-  valid = mask.astype(gram.dtype)
+  valid = _sharding.replicated(mask).astype(gram.dtype)  # (n,) flags, needed for rows and columns alike
   m = jnp.sum(valid)
   off_diagonal = (1.0 - jnp.eye(n, dtype=gram.dtype)) * valid[:, None] * valid[None, :]
   g = gram * off_diagonal
@@ -116,5 +119,7 @@ def u_center_masked(gram: jax.Array, mask: jax.Array) -> jax.Array:
   # Guard the divisions for m < 3 (such batches are given zero weight by the callers).
   inv_m2 = 1.0 / jnp.maximum(m - 2.0, 1.0)
   inv_m1m2 = 1.0 / jnp.maximum((m - 1.0) * (m - 2.0), 1.0)
-  centred = g - (row_sums[..., :, None] + row_sums[..., None, :]) * inv_m2 + total * inv_m1m2
+  # With the rows split over devices, each needs every row sum for its columns (n values per Gram).
+  col_sums = _sharding.replicated(row_sums)
+  centred = g - (row_sums[..., :, None] + col_sums[..., None, :]) * inv_m2 + total * inv_m1m2
   return centred * off_diagonal

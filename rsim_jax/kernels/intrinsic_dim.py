@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsim_jax.kernels import _checks
+from rsim_jax.kernels import _sharding
 from rsim_jax.kernels import neighbors
 
 ESTIMATORS = ("fit", "mle")
@@ -160,7 +161,8 @@ def _estimate(r1, r2, discard_fraction, estimator):
   if estimator == "mle":
     return (n - 1) / jnp.sum(log_mu)
   m = num_fitted(n, discard_fraction)
-  x = jnp.sort(log_mu)[:m]
+  # The empirical CDF ranks all N ratios: the sort needs them on one device (N values, gathered if split).
+  x = jnp.sort(_sharding.replicated(log_mu))[:m]
   y = -jnp.log1p(-jnp.arange(1, m + 1, dtype=x.dtype) / n)  # −log(1 − i/N)
   return jnp.sum(x * y) / jnp.sum(x * x)
 
@@ -290,6 +292,9 @@ def twonn_scaling(
     A `TwoNNScaling` of NumPy arrays, scale 0 (all points) first.
   """
   x = _validated(x)
+  # Random subsets draw from all the points (one gather, then every subset on every device), so points
+  # split over devices are gathered first.
+  x = _sharding.replicated(x)
   f = _check_discard_fraction(discard_fraction)
   _check_choice(estimator, ESTIMATORS, "estimator")
   _check_enough_points(x.shape[0], f, estimator, "x")
@@ -366,6 +371,9 @@ def twonn_subsampled(
     A `TwoNNSubsampled`.
   """
   x = _validated(x)
+  # Random subsets draw from all the points (one gather, then every subset on every device), so points
+  # split over devices are gathered first.
+  x = _sharding.replicated(x)
   f = _check_discard_fraction(discard_fraction)
   _check_choice(estimator, ESTIMATORS, "estimator")
   try:

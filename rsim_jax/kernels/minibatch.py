@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsim_jax.kernels import _checks
+from rsim_jax.kernels import _sharding
 from rsim_jax.kernels import compensated
 from rsim_jax.kernels.features import flatten_features
 from rsim_jax.kernels.gram import DEFAULT_PRECISION, u_center_masked
@@ -193,9 +194,9 @@ def _shifted_gram(x, valid, precision):
   examples puts the features within their own spread of zero, which is what float32 needs to avoid the
   cancellation of large offsets (a mean would cost a second pass over the activations).
   """
-  pivot = x[jnp.argmax(valid)][None, :]
-  shifted = jnp.where(valid[:, None], x - pivot, 0.0)
-  return jnp.matmul(shifted, shifted.T, precision=precision)
+  pivot = _sharding.row(x, jnp.argmax(valid))[None, :]
+  shifted = _sharding.where(valid[:, None], x - pivot, 0.0)
+  return _sharding.gram(shifted, shifted, precision=precision)
 
 
 def _gram(x, valid, precision):
@@ -206,9 +207,9 @@ def _gram(x, valid, precision):
   then (or when that test is NaN) is the Gram recomputed from shifted features (`_shifted_gram`).
   """
   both_valid = valid[:, None] & valid[None, :]
-  raw = jnp.where(both_valid, jnp.matmul(x, x.T, precision=precision), 0.0)
+  raw = _sharding.where(both_valid, _sharding.gram(x, x, precision=precision), 0.0)
   m = jnp.maximum(jnp.sum(valid), 1).astype(raw.dtype)
-  trace = jnp.trace(raw)
+  trace = _sharding.trace(raw)
   centred_trace = trace - jnp.sum(raw) / m
   accurate = centred_trace * MAX_OFFSET_RATIO >= trace  # False for NaN too
   return jax.lax.cond(accurate, lambda: raw, lambda: _shifted_gram(x, valid, precision))
@@ -217,7 +218,8 @@ def _gram(x, valid, precision):
 def _u_centred_grams(layers, mask, precision):
   """`(L, n, n)` U-centred linear Grams of the layers, and `(L,)` flags for non-finite layers."""
   n = layers[0].shape[0]
-  valid = jnp.ones((n,), bool) if mask is None else mask
+  # The (n,) flags index rows and columns of every Gram, so a mask split over devices is replicated.
+  valid = jnp.ones((n,), bool) if mask is None else _sharding.replicated(mask)
   grams = []
   previous = None
   for x in layers:
@@ -230,17 +232,21 @@ def _u_centred_grams(layers, mask, precision):
     grams.append(previous)
   grams = jnp.stack(grams)
   # Any NaN/Inf in a valid row of a layer (or an overflowing square) shows on its Gram's diagonal.
-  nonfinite = ~jnp.all(jnp.isfinite(jnp.diagonal(grams, axis1=1, axis2=2)), axis=1)
-  grams = jnp.where(nonfinite[:, None, None], 0.0, grams)
+  nonfinite = ~jnp.all(jnp.isfinite(_sharding.diagonal(grams)), axis=1)
+  grams = _sharding.where(~nonfinite[:, None, None], grams, 0.0)
   return u_center_masked(grams, valid), nonfinite
 
 
 def _pair_inner_products(a, b, precision):
-  """`(L_a, L_b)` Frobenius inner products of two stacks of `(n, n)` matrices, as one GEMM."""
+  """`(L_a, L_b)` Frobenius inner products of two stacks of `(n, n)` matrices, as one GEMM.
+
+  With the Gram rows split over devices, each device contracts its own rows and XLA adds the partial
+  products (a psum of `L_a·L_b` values); the result is replicated.
+  """
   acc = compensated.accumulation_dtype()
   a2 = a.reshape(a.shape[0], -1).astype(acc)
   b2 = b.reshape(b.shape[0], -1).astype(acc)
-  return jnp.matmul(a2, b2.T, precision=precision)
+  return _sharding.contract_examples(a2.T, b2.T, precision=precision)
 
 
 def minibatch_hsic(
@@ -265,7 +271,7 @@ def minibatch_hsic(
     `num_skipped`, and per-layer non-finite flags.
   """
   xs, ys, mask = prepare_batch(xs, ys, mask, None)
-  return _minibatch_hsic(xs, ys, mask, precision)
+  return _jitted_minibatch_hsic(xs, ys, mask, precision)
 
 
 def _minibatch_hsic(xs, ys, mask, precision) -> MinibatchHSIC:
@@ -284,8 +290,8 @@ def _minibatch_hsic(xs, ys, mask, precision) -> MinibatchHSIC:
   else:
     gy, bad_y = _u_centred_grams(ys, mask, precision)
     hsic_xy = _pair_inner_products(gx, gy, precision) * scale
-    hsic_xx = jnp.einsum("anm,anm->a", gx.astype(acc), gx.astype(acc)) * scale
-    hsic_yy = jnp.einsum("anm,anm->a", gy.astype(acc), gy.astype(acc)) * scale
+    hsic_xx = _sharding.einsum_replicated("anm,anm->a", gx.astype(acc), gx.astype(acc)) * scale
+    hsic_yy = _sharding.einsum_replicated("anm,anm->a", gy.astype(acc), gy.astype(acc)) * scale
   return MinibatchHSIC(
       hsic_xy=hsic_xy,
       hsic_xx=hsic_xx,
@@ -308,6 +314,11 @@ def minibatch_cka_accumulate(state: MinibatchCKAState, terms: MinibatchHSIC) -> 
       nonfinite_x=state.nonfinite_x + terms.nonfinite_x,
       nonfinite_y=state.nonfinite_y + terms.nonfinite_y,
   )
+
+
+# One compiled computation, as in `minibatch_cka_update` (op by op, arrays split over devices would pay a
+# dispatch with collectives for every small step of the U-centring).
+_jitted_minibatch_hsic = jax.jit(_minibatch_hsic, static_argnames=("precision",))
 
 
 @functools.partial(jax.jit, static_argnames=("precision",))

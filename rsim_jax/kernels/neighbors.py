@@ -32,6 +32,7 @@ import numpy as np
 from jax import lax
 
 from rsim_jax.kernels import _checks
+from rsim_jax.kernels import _sharding
 
 # Query/database tile size on CPU: 1024 × 1024 tiles keep the matrix product near the GEMM rate while the
 # tile (4 MiB in float32) stays in cache for the selection.
@@ -121,6 +122,10 @@ def knn_distances(
 
 @functools.partial(jax.jit, static_argnames=("k", "num_candidates", "block"))
 def _knn(x, *, k, num_candidates, block):
+  # Every point's neighbours are among all the points, and the symmetric tile scan visits them all in
+  # sequence, so points split over devices are gathered here (`parallel.sharded_knn_distances` instead splits
+  # the queries over the devices, each ranking its own against all points).
+  x = _sharding.replicated(x)
   n = x.shape[0]
   centre, inv_scale = normaliser(x)
   candidates = symmetric_candidates((x - centre) * inv_scale, jnp.ones((n,), bool), num_candidates, block)
@@ -253,7 +258,11 @@ def symmetric_candidates(xc: jax.Array, valid: jax.Array, c: int, block: int) ->
     best_index = lax.dynamic_update_slice_in_dim(best_index, new_i[1], i0, 0)
     return (best_scores, best_index), None
 
-  init = (jnp.full((n_pad, c), jnp.inf, xc.dtype), jnp.full((n_pad, c), -1, jnp.int32))
+  # Built from the inputs so that the carry has their type (on an Explicit mesh: replicated on that mesh).
+  init = (
+      jnp.full((n_pad, c), jnp.inf, xc.dtype) + jnp.zeros_like(xp[:, :1]),
+      jnp.full((n_pad, c), -1, jnp.int32) + jnp.zeros_like(xp[:, :1], dtype=jnp.int32),
+  )
   (_, index), _ = lax.scan(body, init, tiles)
   return index[:n]
 

@@ -40,6 +40,7 @@ import numpy as np
 from jax import lax
 
 from rsim_jax.kernels import _checks
+from rsim_jax.kernels import _sharding
 from rsim_jax.kernels import compensated
 
 _PRECISION = lax.Precision.HIGHEST
@@ -103,16 +104,17 @@ def _batch_state(x: jax.Array, mask: jax.Array | None) -> PCAState:
   dtype = compensated.accumulation_dtype()
   x = x.astype(dtype)
   n = x.shape[0]
-  valid = jnp.ones((n,), bool) if mask is None else mask
+  valid = jnp.ones((n,), bool) if mask is None else _sharding.replicated(mask)
   weight = valid.astype(dtype)[:, None]
   count = jnp.sum(valid.astype(jnp.int32))
   # Shift by one valid row: x − pivot is exact for values within a factor 2 (Sterbenz), so a common offset
   # (1e4) is gone before anything is summed.
-  pivot = x[jnp.argmax(valid)]
+  pivot = _sharding.row(x, jnp.argmax(valid))
   shifted = (x - pivot) * weight
   shift = jnp.sum(shifted, axis=0) / jnp.maximum(count, 1).astype(dtype)
   centred = (shifted - shift) * weight
-  scatter = jnp.matmul(centred.T, centred, precision=_PRECISION)
+  # Split examples: each device forms its rows' scatter and XLA adds them (psum); x is never gathered.
+  scatter = _sharding.contract_examples(centred, centred, precision=_PRECISION)
   mean = compensated.CompensatedSum(*compensated.two_sum(pivot, shift))
   return PCAState(count, mean, compensated.CompensatedSum(scatter, jnp.zeros_like(scatter)))
 
@@ -162,7 +164,8 @@ def pca_update(state: PCAState, x: jax.Array, *, mask: jax.Array | None = None) 
       raise ValueError(f"`mask` must have shape ({x.shape[0]},) to match `x`, got {tuple(mask.shape)}.")
     mask = mask.astype(bool)
     if _checks.is_concrete(mask) and _checks.is_concrete(x):
-      _checks.check_finite(x[np.asarray(mask)], "x")
+      # `where`, not boolean indexing: the valid rows of an array split over devices stay where they are.
+      _checks.check_finite(jnp.where(mask[:, None], x, 0.0), "x")
   else:
     _checks.check_finite(x, "x")
   return _update(state, x, mask)
@@ -244,7 +247,7 @@ def _result(state, k):
 
 
 def _centre(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  pivot = x[:1]
+  pivot = _sharding.row(x, 0)[None, :]
   shifted = x - pivot
   shift = jnp.mean(shifted, axis=0, keepdims=True)
   return shifted - shift, (pivot + shift)[0]
@@ -307,16 +310,18 @@ def _pca(x, *, k, route):
   n = x.shape[0]
   xc, mean = _centre(x)
   if route == "gram":
-    gram = jnp.matmul(xc, xc.T, precision=_PRECISION)
+    # The Gram's rows stay split with the examples; `eigh` is not distributed, so the (n, n) Gram (smaller
+    # than the (n, d) data on this route) is gathered for it.
+    gram = _sharding.replicated(_sharding.gram(xc, xc, precision=_PRECISION))
     values, vectors = jnp.linalg.eigh(0.5 * (gram + gram.T))
     values, vectors = jnp.maximum(values[::-1][:k], 0.0), vectors[:, ::-1][:, :k]
     # v = X̃ᵀu/√μ; directions with (numerically) zero variance are left as zero columns.
     tiny = values <= values[0] * (n * jnp.finfo(x.dtype).eps)
     scale = jnp.where(tiny, 0.0, 1.0 / jnp.sqrt(jnp.where(tiny, 1.0, values)))
-    components = jnp.matmul(xc.T, vectors, precision=_PRECISION) * scale
+    components = _sharding.contract_examples(xc, vectors, precision=_PRECISION) * scale
     total = jnp.trace(gram)
   else:
-    scatter = jnp.matmul(xc.T, xc, precision=_PRECISION)
+    scatter = _sharding.contract_examples(xc, xc, precision=_PRECISION)  # split examples: a psum
     values, vectors = jnp.linalg.eigh(0.5 * (scatter + scatter.T))
     values, components = jnp.maximum(values[::-1][:k], 0.0), vectors[:, ::-1][:, :k]
     total = jnp.trace(scatter)
@@ -358,8 +363,8 @@ def _second_moment_matrix(x):
   """The smaller of the Gram `X̃X̃ᵀ` and scatter `X̃ᵀX̃` of centred x: same nonzero spectrum."""
   xc, _ = _centre(x)
   if x.shape[0] < x.shape[1]:
-    return jnp.matmul(xc, xc.T, precision=_PRECISION)
-  return jnp.matmul(xc.T, xc, precision=_PRECISION)
+    return _sharding.gram(xc, xc, precision=_PRECISION)  # rows split like the examples
+  return _sharding.contract_examples(xc, xc, precision=_PRECISION)  # replicated: a psum over devices
 
 
 def participation_ratio(x: jax.Array | None = None, *, eigenvalues: jax.Array | None = None) -> jax.Array:
@@ -382,7 +387,7 @@ def participation_ratio(x: jax.Array | None = None, *, eigenvalues: jax.Array | 
     return jnp.sum(ev) ** 2 / jnp.sum(ev * ev)
   x = _validated(x)
   m = _second_moment_matrix(x)
-  total = jnp.trace(m)
+  total = _sharding.trace(m)
   _raise_if_degenerate(jnp.asarray(x.shape[0]), total, "x")
   return total**2 / jnp.sum(m * m)
 
@@ -403,8 +408,9 @@ def first_pc_fraction(x: jax.Array | None = None, *, eigenvalues: jax.Array | No
     return jnp.max(ev) / jnp.sum(ev)
   x = _validated(x)
   m = _second_moment_matrix(x)
-  total = jnp.trace(m)
+  total = _sharding.trace(m)
   _raise_if_degenerate(jnp.asarray(x.shape[0]), total, "x")
+  m = _sharding.replicated(m)  # `eigvalsh` needs the whole matrix on one device (the smaller of n×n, d×d)
   return jnp.linalg.eigvalsh(0.5 * (m + m.T))[-1] / total
 
 
