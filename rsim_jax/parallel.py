@@ -10,7 +10,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding
+from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rsim_jax import kernels
@@ -20,12 +20,18 @@ from rsim_jax.kernels import minibatch as kernels_minibatch
 DATA_AXIS = "data"
 
 
-def data_mesh(num_devices: int | None = None, *, axis_name: str = DATA_AXIS) -> jax.sharding.Mesh:
-  """A 1-D mesh over `num_devices` devices (all by default) with one axis, `axis_name`."""
+def data_mesh(
+    num_devices: int | None = None, *, axis_name: str = DATA_AXIS, axis_type: AxisType = AxisType.Explicit
+) -> jax.sharding.Mesh:
+  """A 1-D mesh over `num_devices` devices (all by default) with one axis, `axis_name`.
+
+  `axis_type`: Explicit (JAX's default: shardings are part of array types) or Auto (XLA propagates them).
+  The kernels and the sharded updates below accept activations split over either.
+  """
   n = jax.device_count() if num_devices is None else int(num_devices)
   if n < 1 or n > jax.device_count():
     raise ValueError(f"`num_devices` must be in [1, {jax.device_count()}], got {num_devices}.")
-  return jax.make_mesh((n,), (axis_name,), devices=jax.devices()[:n])
+  return jax.make_mesh((n,), (axis_name,), devices=jax.devices()[:n], axis_types=(axis_type,))
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, *, axis_name: str = DATA_AXIS) -> NamedSharding:
@@ -50,6 +56,20 @@ def shard_batch(tree, mesh: jax.sharding.Mesh, *, axis_name: str = DATA_AXIS):
     return jax.device_put(x, batch_sharding(mesh, axis_name=axis_name))
 
   return jax.tree.map(put, tree)
+
+
+def _lay_out(tree, spec: P, mesh: jax.sharding.Mesh | None, axis_name: str):
+  """Lays every array of `tree` out as `spec` on `mesh` (None: the mesh of `jax.set_mesh`), inside `jit`.
+
+  On an Explicit axis this is `jax.reshard` (part of the type; a no-op for activations already split this
+  way, a local slice for host arrays). `reshard` takes only Explicit axes, so on an Auto axis it is a sharding
+  constraint, which XLA honours the same way.
+  """
+  active_mesh = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
+  sharding = spec if mesh is None else NamedSharding(mesh, spec)
+  if active_mesh.axis_types[active_mesh.axis_names.index(axis_name)] == AxisType.Explicit:
+    return jax.reshard(tree, sharding)
+  return jax.lax.with_sharding_constraint(tree, sharding)
 
 
 # --- Similarity (minibatch CKA) ---
@@ -113,8 +133,7 @@ def _sharded_update(state, xs, ys, mask, mesh, axis_name, precision):
   spec = P(axis_name)
   # Split host arrays (or arrays sharded some other way) along the example axis; a no-op for activations
   # that already come out of a data-parallel model sharded this way.
-  sharding = spec if mesh is None else NamedSharding(mesh, spec)
-  xs, ys, mask = jax.reshard((xs, ys, mask), sharding)
+  xs, ys, mask = _lay_out((xs, ys, mask), spec, mesh, axis_name)
   terms = jax.shard_map(
       per_device,
       mesh=mesh,
@@ -209,13 +228,12 @@ def _sharded_knn(x, valid, *, n, k, c, block, mesh, axis_name):
     return kernels_neighbors.exact_neighbours(local, query_index, points, candidates, k, block)
 
   spec = P(axis_name)
-  sharding = spec if mesh is None else NamedSharding(mesh, spec)
-  x, valid = jax.reshard((x, valid), sharding)
+  x, valid = _lay_out((x, valid), spec, mesh, axis_name)
   out = jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec), out_specs=(spec, spec))(x, valid)
   if x.shape[0] == n:
     return out
   # Padded: drop the padding rows (the result is then replicated; it is only (n, k)).
-  out = jax.reshard(out, P() if mesh is None else NamedSharding(mesh, P()))
+  out = _lay_out(out, P(), mesh, axis_name)
   return tuple(a[:n] for a in out)
 
 
@@ -295,7 +313,8 @@ def sharded_pca_update(
       raise ValueError(f"`mask` must have shape ({n},) to match `x`, got {tuple(mask.shape)}.")
     mask = mask.astype(bool)
     if kernels_checks.is_concrete(mask) and kernels_checks.is_concrete(x):
-      kernels_checks.check_finite(x[jax.device_get(mask)], "x")
+      # `where`, not boolean indexing: rows split over devices stay where they are.
+      kernels_checks.check_finite(jnp.where(mask[:, None], x, 0.0), "x")
   shards = _num_shards(mesh, axis_name)
   if n % shards:
     raise ValueError(
@@ -330,7 +349,6 @@ def _sharded_pca_update(state, x, mask, mesh, axis_name):
     )
 
   spec = P(axis_name)
-  sharding = spec if mesh is None else NamedSharding(mesh, spec)
-  x, mask = jax.reshard((x, mask), sharding)
+  x, mask = _lay_out((x, mask), spec, mesh, axis_name)
   batch = jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec), out_specs=P())(x, mask)
   return kernels_pca._merge(state, batch)

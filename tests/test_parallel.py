@@ -1,21 +1,29 @@
 import jax
 import numpy as np
 import pytest
+from jax.sharding import AxisType
 
 from rsim_jax import kernels, parallel
 from tests.kernels.test_minibatch import _batches, _layers
 
 
+# Every sharded update runs on meshes with Explicit axes (JAX's default) and with Auto axes.
+AXIS_TYPES = pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto], ids=["explicit", "auto"])
+
+
 def test_eight_devices_are_simulated():
   assert jax.device_count() == 8
+  assert parallel.data_mesh().axis_types == (AxisType.Explicit,)
+  assert parallel.data_mesh(4, axis_type=AxisType.Auto).axis_types == (AxisType.Auto,)
 
 
+@AXIS_TYPES
 @pytest.mark.parametrize("two_models", [False, True])
-def test_sharded_update_equals_sequential_updates(two_models):
+def test_sharded_update_equals_sequential_updates(two_models, axis_type):
   rng = np.random.default_rng(0)
   xs = _layers(rng, 256, offset=1e4)
   ys = _layers(np.random.default_rng(1), 256, dims=(12, 40)) if two_models else None
-  mesh = parallel.data_mesh()
+  mesh = parallel.data_mesh(axis_type=axis_type)
   num_y = len(ys) if two_models else None
   sharded = kernels.minibatch_cka_init(len(xs), num_y)
   sequential = kernels.minibatch_cka_init(len(xs), num_y)
@@ -32,10 +40,11 @@ def test_sharded_update_equals_sequential_updates(two_models):
   )
 
 
-def test_sharded_update_with_context_mesh_and_presharded_inputs():
+@AXIS_TYPES
+def test_sharded_update_with_context_mesh_and_presharded_inputs(axis_type):
   rng = np.random.default_rng(2)
   xs = _layers(rng, 64)
-  mesh = parallel.data_mesh()
+  mesh = parallel.data_mesh(axis_type=axis_type)
   with jax.set_mesh(mesh):
     on_devices = parallel.shard_batch(xs, mesh)
     assert len(on_devices[0].sharding.device_set) == 8
@@ -48,10 +57,11 @@ def test_sharded_update_with_context_mesh_and_presharded_inputs():
   )
 
 
-def test_sharded_mask_drops_padding_rows():
+@AXIS_TYPES
+def test_sharded_mask_drops_padding_rows(axis_type):
   rng = np.random.default_rng(3)
   xs = _layers(rng, 64)
-  mesh = parallel.data_mesh(4)
+  mesh = parallel.data_mesh(4, axis_type=axis_type)
   mask = np.ones(64, bool)
   mask[56:] = False  # the last device's shard of 16 keeps 8 valid rows
   noisy = [a.copy() for a in xs]

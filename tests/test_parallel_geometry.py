@@ -5,9 +5,14 @@ import warnings
 import jax
 import numpy as np
 import pytest
+from jax.sharding import AxisType
 
 from rsim_jax import kernels, parallel
 from tests.kernels.test_pca import data
+
+
+# Every sharded kernel runs on meshes with Explicit axes (JAX's default) and with Auto axes.
+AXIS_TYPES = pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto], ids=["explicit", "auto"])
 
 
 def points(n, d=6, *, offset=0.0, seed=0):
@@ -15,11 +20,12 @@ def points(n, d=6, *, offset=0.0, seed=0):
   return (rng.standard_normal((n, 3)) @ rng.standard_normal((3, d)) + offset).astype(np.float32)
 
 
+@AXIS_TYPES
 @pytest.mark.parametrize("n, offset", [(512, 0.0), (509, 1e4)])  # divides over 8 devices / padded
-def test_sharded_knn_equals_single_device(n, offset):
+def test_sharded_knn_equals_single_device(n, offset, axis_type):
   x = points(n, offset=offset)
   x[100] = x[7]  # a duplicate pair
-  mesh = parallel.data_mesh()
+  mesh = parallel.data_mesh(axis_type=axis_type)
   dist, idx = kernels.knn_distances(x, k=4, block_size=128)
   sharded_dist, sharded_idx = parallel.sharded_knn_distances(x, k=4, mesh=mesh, block_size=32)
   assert sharded_dist.shape == sharded_idx.shape == (n, 4)
@@ -30,9 +36,10 @@ def test_sharded_knn_equals_single_device(n, offset):
     assert len(sharded_dist.sharding.device_set) == 8  # the result stays split over the devices
 
 
-def test_sharded_knn_with_context_mesh_and_presharded_points():
+@AXIS_TYPES
+def test_sharded_knn_with_context_mesh_and_presharded_points(axis_type):
   x = points(256, seed=1)
-  mesh = parallel.data_mesh()
+  mesh = parallel.data_mesh(axis_type=axis_type)
   with jax.set_mesh(mesh):
     on_devices = parallel.shard_batch(x, mesh)
     dist, idx = parallel.sharded_knn_distances(on_devices, k=2)
@@ -41,11 +48,12 @@ def test_sharded_knn_with_context_mesh_and_presharded_points():
   np.testing.assert_array_equal(idx, ref_idx)
 
 
+@AXIS_TYPES
 @pytest.mark.parametrize("estimator", ["fit", "mle"])
-def test_sharded_twonn_equals_single_device(estimator):
+def test_sharded_twonn_equals_single_device(estimator, axis_type):
   x = points(1000, d=8, seed=2)
   x = np.concatenate([x, x[:24]])  # duplicates: dropped (1000 distinct points do not divide over 8 + pad)
-  mesh = parallel.data_mesh()
+  mesh = parallel.data_mesh(axis_type=axis_type)
   with pytest.warns(kernels.DuplicatePointsWarning, match="dropped 24"):
     sharded = parallel.sharded_twonn(x, mesh=mesh, estimator=estimator, block_size=64)
   with warnings.catch_warnings():
@@ -57,9 +65,10 @@ def test_sharded_twonn_equals_single_device(estimator):
     parallel.sharded_twonn(x, mesh=mesh, duplicates="error")
 
 
-def test_sharded_pca_update_equals_single_device():
+@AXIS_TYPES
+def test_sharded_pca_update_equals_single_device(axis_type):
   x = data(512, 12, offset=1e4, seed=3)
-  mesh = parallel.data_mesh()
+  mesh = parallel.data_mesh(axis_type=axis_type)
   sharded = kernels.pca_init(12)
   single = kernels.pca_init(12)
   for start in (0, 256):  # two global batches of 8 devices x 32 examples
@@ -76,14 +85,16 @@ def test_sharded_pca_update_equals_single_device():
   np.testing.assert_allclose(a.eigenvalues, np.linalg.eigvalsh(xc.T @ xc / 511)[::-1][:5], rtol=2e-5)
 
 
-def test_sharded_pca_update_mask_drops_padding_and_empty_devices():
+@AXIS_TYPES
+def test_sharded_pca_update_mask_drops_padding_and_empty_devices(axis_type):
   x = data(64, 5, offset=1e4, seed=4)
-  mesh = parallel.data_mesh()
+  mesh = parallel.data_mesh(axis_type=axis_type)
   mask = np.ones(64, bool)
   mask[40:] = False  # devices 5-7 (8 rows each) hold only padding
   noisy = x.copy()
   noisy[40:] = 1e6
-  state = parallel.sharded_pca_update(kernels.pca_init(5), noisy, mesh=mesh, mask=mask)
+  # Already split over the devices (as activations of a data-parallel model are).
+  state = parallel.sharded_pca_update(kernels.pca_init(5), parallel.shard_batch(noisy, mesh), mesh=mesh, mask=mask)
   single = kernels.pca_update(kernels.pca_init(5), x[:40])
   assert int(state.count) == 40
   got, want = kernels.pca_result(state).eigenvalues, kernels.pca_result(single).eigenvalues
