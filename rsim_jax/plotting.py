@@ -1,27 +1,52 @@
 """Every figure of rsim_jax. Matplotlib lives here and nowhere else; nothing here computes statistics.
 
-Functions take arrays (and labels) and a path; they save PNG or PDF (by the path's suffix) and return it.
+Functions take arrays (and labels) and a path (local or `gs://…`); they save PNG or PDF (by the path's
+suffix) and return it: a `pathlib.Path` for a local file, an `etils.epath.Path` for `gs://…`. On a
+multi-host run only the writer process (process 0) saves; every process returns the same path.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
+import sys
 from collections.abc import Mapping, Sequence
 
 import matplotlib
 
-matplotlib.use("Agg")  # headless: figures are files
+
+def _choose_backend() -> None:
+  """Agg (headless: figures are files), unless a backend was already chosen: `MPLBACKEND` (Jupyter's kernel
+  sets it to the inline backend) or a `pyplot` imported before us. Switching those would break a notebook's
+  inline figures, and any backend can save files."""
+  if os.environ.get("MPLBACKEND") or "matplotlib.pyplot" in sys.modules:
+    return
+  matplotlib.use("Agg")
+
+
+_choose_backend()
 import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from rsim_jax import io  # noqa: E402
+
 
 def _save(fig, path) -> pathlib.Path:
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=150, bbox_inches="tight")
-  plt.close(fig)
-  return path
+  """Saves `fig` to `path` on the writer process (the others only close it); returns the path.
+
+  Matplotlib writes local files only: a `gs://` target is drawn to a temporary local file, then uploaded.
+  """
+  target = io.path(path)
+  try:
+    if io.is_writer():
+      local = io.local_copy_for_plotting(target)
+      local.parent.mkdir(parents=True, exist_ok=True)
+      fig.savefig(os.fspath(local), dpi=150, bbox_inches="tight")
+      io.upload(local, target)
+  finally:
+    plt.close(fig)  # on every process: pyplot keeps figures alive until closed
+  return target if io.is_remote(target) else pathlib.Path(target)
 
 
 def _tick_labels(ax, labels: Sequence[str] | None, axis: str, max_ticks: int = 24):

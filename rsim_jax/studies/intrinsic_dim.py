@@ -18,19 +18,23 @@ every layer's activations are kept (`extract.compare_models(..., sample_size=m)`
 
 Variants: `local` (a small conv DeepNet on scikit-learn digits, minutes; runs anywhere), `fmnist_local`
 (DeepNet on 6,000 Fashion-MNIST images from `../shared/data`), `cifar10_local` (ResNet-20 on 2,500 CIFAR-10
-images at 16×16), `paper` (the DeepNet of Recanatesi et al. on all of Fashion-MNIST, for accelerators).
+images at 16×16), `paper` (the DeepNet of Recanatesi et al. on all of Fashion-MNIST, for accelerators),
+`tiny` (every stage in seconds: the multi-host test).
 Everything is cached in the work directory: a re-run trains nothing twice and re-analyses nothing.
+
+Multi-host (`rsim --multihost study intrinsic_dim ...` on every host): training and extraction span all
+hosts' devices; the sample is gathered to every process, so every process computes the same profiles;
+process 0 writes every file (`rsim_jax.io`); the work directory may be a `gs://` bucket.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 
 import numpy as np
 
-from rsim_jax import extract, plotting
+from rsim_jax import extract, io, parallel, plotting
 from rsim_jax.analysis import intrinsic_dim
 
 
@@ -99,8 +103,19 @@ def get_config(variant: str = "local") -> IntrinsicDimConfig:
                    schedule="constant", weight_decay=0.0, keep_checkpoints=100),
         sample_size=2000, noise=((16, 0.01), (256, 0.01), (64, 0.04), (64, 0.0025)),
     )
-  raise ValueError(f"Unknown intrinsic_dim variant {variant!r}; choose 'local', 'fmnist_local', 'cifar10_local' "
-                   "or 'paper'.")
+  if variant == "tiny":
+    # Every stage (checkpoints, profiles, an SGD-noise run, scale curves, figures) in seconds on a CPU; no claim
+    # about intrinsic dimension. The multi-host test runs it in 2 processes and in 1.
+    return IntrinsicDimConfig(
+        train=dict(model="deepnet", model_kwargs={"conv_features": (4, 8), "dense_features": (16,),
+                                                  "kernel_size": 3},
+                   data="digits", data_kwargs={"image_size": 8}, batch_size=64, eval_batch_size=360,
+                   num_epochs=1, num_steps=6, checkpoint_every_steps=3, eval_every_steps=3, lr=0.05,
+                   keep_checkpoints=10, progress=False),
+        sample_size=200, repeats=2, noise=((128, 0.05),), num_scales=2,
+    )
+  raise ValueError(f"Unknown intrinsic_dim variant {variant!r}; choose 'local', 'fmnist_local', 'cifar10_local', "
+                   "'paper' or 'tiny'.")
 
 
 def _train_config(cfg: IntrinsicDimConfig, **overrides):
@@ -134,7 +149,10 @@ def _sample(cfg: IntrinsicDimConfig, model, config) -> tuple[dict[str, np.ndarra
   from rsim_jax import data
 
   ds = data.load(config.data, config.eval_split, **config.data_kwargs)
-  batches, total = extract.split_batches(config, batch_size=config.eval_batch_size)
+  # `split_batches` takes a batch per device; `eval_batch_size` is the training run's global one (no CKA here,
+  # so the per-device size only sets memory and padding).
+  devices = parallel.data_mesh().shape[parallel.DATA_AXIS]
+  batches, total = extract.split_batches(config, batch_size=-(-config.eval_batch_size // devices))
   comparison = extract.compare_models(model, batches, cka=False, sample_size=cfg.sample_size, sample_seed=cfg.seed,
                                       total=total, progress=False)
   # Raw pixels: the model's per-channel normalisation is affine, and TwoNN is invariant to a global one.
@@ -143,20 +161,20 @@ def _sample(cfg: IntrinsicDimConfig, model, config) -> tuple[dict[str, np.ndarra
       comparison.sample_labels
 
 
-def _test_metrics(run_dir: pathlib.Path) -> dict[int, dict]:
+def _test_metrics(run_dir) -> dict[int, dict]:
   from rsim_jax.train import read_metrics
 
   return {int(m["step"]): m for m in read_metrics(run_dir) if m.get("split") == "test"}
 
 
-def _profile(cfg, model, config, cache: pathlib.Path) -> dict:
-  if cache.exists():
-    return json.loads(cache.read_text())
+def _profile(cfg, model, config, cache) -> dict:
+  # As process 0 sees it: a process that skipped the extraction would leave the others in its collectives.
+  if io.agreed_exists(cache):
+    return io.read_json(cache)
   acts, _ = _sample(cfg, model, config)
   profile = intrinsic_dim.id_profile(acts, fraction=cfg.fraction, repeats=cfg.repeats, seed=cfg.seed)
   out = {"profile": profile.to_json(), "shape": intrinsic_dim.profile_shape(profile).to_json()}
-  cache.parent.mkdir(parents=True, exist_ok=True)
-  cache.write_text(json.dumps(out))
+  io.write_json(cache, out, indent=None)
   return out
 
 
@@ -165,11 +183,11 @@ def _last_hidden(names) -> str:
   return hidden[-1]
 
 
-def run(cfg: IntrinsicDimConfig, workdir: str | pathlib.Path) -> pathlib.Path:
-  """Runs (or resumes) the study in `workdir`; returns the path of `report.md`."""
+def run(cfg: IntrinsicDimConfig, workdir: io.PathLike):
+  """Runs (or resumes) the study in `workdir` (local or `gs://…`); returns the path of `report.md`."""
   from rsim_jax.train import checkpoint_steps, load_initial_model, load_model, train
 
-  workdir = pathlib.Path(workdir)
+  workdir = io.path(workdir)
   analysis = workdir / "analysis"
   runs = _runs(cfg)
   finals = {}
@@ -197,32 +215,32 @@ def run(cfg: IntrinsicDimConfig, workdir: str | pathlib.Path) -> pathlib.Path:
   for name, tc in runs:
     final = finals[name]
     cache = analysis / f"noise_{name}.json"
-    if cache.exists():
-      entry = json.loads(cache.read_text())
+    if io.agreed_exists(cache):
+      entry = io.read_json(cache)
     else:
       entry = _profile(cfg, load_model(workdir / "models" / name)[0], tc, analysis / f"profile_{name}_final.json")
       entry = {"name": name, "batch_size": tc.batch_size, "lr": tc.lr, "noise_scale": tc.lr / tc.batch_size,
                "train_accuracy": final.get("train_accuracy"), "test_accuracy": final.get("test_accuracy"),
                "last_hidden_id": dict(zip(entry["profile"]["layer_names"], entry["profile"]["intrinsic_dim"]))[last],
                "collapsed_layers": entry["profile"].get("collapsed", [])}
-      cache.write_text(json.dumps(entry))
+      io.write_json(cache, entry, indent=None)
     noise.append(entry)
   scale_cache = analysis / "scale_curves.json"
-  if scale_cache.exists():
-    scales = json.loads(scale_cache.read_text())
+  if io.agreed_exists(scale_cache):
+    scales = io.read_json(scale_cache)
   else:
     layers = cfg.scale_layers or ("input", names[len(names) // 2], last)
     acts, _ = _sample(cfg, load_model(main_dir)[0], config)
     scales = intrinsic_dim.id_scale_curves(acts, layers, seed=cfg.seed, num_scales=cfg.num_scales)
-    scale_cache.write_text(json.dumps(scales))
+    io.write_json(scale_cache, scales, indent=None)
   results = {"profiles": {str(k): v for k, v in profiles.items()}, "trajectory": trajectory, "noise": noise,
              "scale_curves": scales, "last_hidden_layer": last, "final": finals["main"]}
-  (workdir / "results.json").write_text(json.dumps(results, indent=1, default=float))
+  io.write_json(workdir / "results.json", results, indent=1, default=float)
   figures = _figures(results, final_step, workdir)
   return write_report(cfg, results, final_step, figures, workdir)
 
 
-def _figures(results: dict, final_step: int, workdir: pathlib.Path) -> list[pathlib.Path]:
+def _figures(results: dict, final_step: int, workdir) -> list[pathlib.Path]:
   init, final = results["profiles"]["0"]["profile"], results["profiles"][str(final_step)]["profile"]
   figures = [
       plotting.id_profiles(
@@ -261,7 +279,7 @@ def _f(x, spec=".2f") -> str:
   return "–" if x is None else format(x, spec)
 
 
-def write_report(cfg, results, final_step, figures, workdir: pathlib.Path) -> pathlib.Path:
+def write_report(cfg, results, final_step, figures, workdir):
   init = results["profiles"]["0"]
   final = results["profiles"][str(final_step)]
   lines = [
@@ -299,6 +317,4 @@ def write_report(cfg, results, final_step, figures, workdir: pathlib.Path) -> pa
     pairs = ", ".join(f"{n}: {d:.1f}" for n, d in zip(c["num_points"], c["intrinsic_dim"]))
     lines.append(f"- `{layer}`: {pairs}")
   lines += ["", "Figures:", ""] + [f"- ![{p.stem}]({p.name})" for p in figures]
-  path = workdir / "report.md"
-  path.write_text("\n".join(lines) + "\n")
-  return path
+  return io.write_text(workdir / "report.md", "\n".join(lines) + "\n")

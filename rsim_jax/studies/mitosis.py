@@ -15,18 +15,22 @@ each network the last hidden layer ("pool") and the logits of every test image a
 - the wide network against an ensemble of narrow ones (seeds of the narrowest width) of the same total width.
 
 Variants: `local` (WRN-10-k on scikit-learn digits, minutes), `cifar10_local` (WRN-10-k on 2,500 CIFAR-10
-images at 16×16), `cifar10` (WRN-28-k, k = 1…16, the paper's scale, for accelerators).
+images at 16×16), `cifar10` (WRN-28-k, k = 1…16, the paper's scale, for accelerators), `tiny` (every stage
+in seconds: the multi-host test).
+
+Multi-host (`rsim --multihost study mitosis ...` on every host): training and extraction span all hosts'
+devices; the analyses run on the features gathered to every process, so every process computes the same
+numbers; process 0 writes every file (`rsim_jax.io`); the work directory may be a `gs://` bucket.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 
 import numpy as np
 
-from rsim_jax import extract, plotting
+from rsim_jax import extract, io, parallel, plotting
 from rsim_jax.analysis import mitosis
 
 
@@ -85,7 +89,16 @@ def get_config(variant: str = "local") -> MitosisConfig:
                    weight_decay=5e-4, augment=True, until_zero_train_error=True, max_epochs=300),
         widths=(1, 2, 4, 8, 16), early_epochs=30, ensemble_members=4,
     )
-  raise ValueError(f"Unknown mitosis variant {variant!r}; choose 'local', 'cifar10_local' or 'cifar10'.")
+  if variant == "tiny":
+    # Every stage (zero-error family with its early twin, an ensemble member, analyses, figures) in seconds on a
+    # CPU; no claim about mitosis. The multi-host test runs it in 2 processes and in 1.
+    return MitosisConfig(
+        train=dict(model="wide_resnet", model_kwargs={"depth": 10}, data="digits", data_kwargs={"image_size": 8},
+                   batch_size=64, eval_batch_size=360, num_epochs=1, num_steps=6, lr=0.05, warmup_epochs=0,
+                   until_zero_train_error=False, progress=False),
+        widths=(1,), early_epochs=None, ensemble_members=2, num_chunks=5,
+    )
+  raise ValueError(f"Unknown mitosis variant {variant!r}; choose 'local', 'cifar10_local', 'cifar10' or 'tiny'.")
 
 
 def _runs(cfg: MitosisConfig):
@@ -116,18 +129,25 @@ def plan(cfg: MitosisConfig) -> list[dict]:
 
 
 def _features(cfg, model, config):
-  """The last hidden layer and the logits of every test example, and the labels."""
-  batches, total = extract.split_batches(config, batch_size=config.eval_batch_size)
-  n = total * config.eval_batch_size  # ≥ the split: the sampler keeps every example when asked for more
+  """The last hidden layer `(N, W)` and the logits `(N, classes)` of every test example, and the labels `(N,)`,
+  the same arrays on every process (gathered from all hosts' devices)."""
+  # `split_batches` takes a batch per device; `eval_batch_size` is the training run's global one (no CKA here,
+  # so the per-device size only sets memory and padding).
+  devices = parallel.data_mesh().shape[parallel.DATA_AXIS]
+  per_device = -(-config.eval_batch_size // devices)
+  batches, total = extract.split_batches(config, batch_size=per_device)
+  n = total * per_device * devices  # ≥ the split: the sampler keeps every example when asked for more
   out = extract.compare_models(model, batches, layers=(cfg.layer, "logits"), cka=False, sample_size=n,
                                total=total, progress=False)
   return out.samples[0][cfg.layer], out.samples[0]["logits"], out.sample_labels
 
 
-def analyse(cfg: MitosisConfig, name: str, width: int, run_dir: pathlib.Path, cache: pathlib.Path) -> dict:
+def analyse(cfg: MitosisConfig, name: str, width: int, run_dir: io.PathLike, cache: io.PathLike) -> dict:
   """Chunk accuracy, c*, clones, chunk R² and residual correlation of one trained network (cached)."""
-  if cache.exists():
-    return json.loads(cache.read_text())
+  run_dir, cache = io.path(run_dir), io.path(cache)
+  # As process 0 sees it: a process that skipped the extraction would leave the others in its collectives.
+  if io.agreed_exists(cache):
+    return io.read_json(cache)
   from rsim_jax.train import load_model
 
   model, config = load_model(run_dir)
@@ -137,7 +157,7 @@ def analyse(cfg: MitosisConfig, name: str, width: int, run_dir: pathlib.Path, ca
   c_star = mitosis.saturation_chunk_size(acc.chunk_sizes, acc.mean, full_accuracy=acc.full_accuracy,
                                          tolerance=cfg.tolerance)
   neurons = features.shape[1]
-  final = json.loads((run_dir / "final_metrics.json").read_text())
+  final = io.read_json(run_dir / "final_metrics.json")
   out = {
       "name": name, "widen_factor": width, "neurons": neurons, "chunk_accuracy": acc.to_json(),
       "saturation_chunk_size": c_star, "clones": mitosis.num_clones(neurons, c_star),
@@ -149,16 +169,15 @@ def analyse(cfg: MitosisConfig, name: str, width: int, run_dir: pathlib.Path, ca
   }
   if 2 * c_star <= neurons:
     out["residual_correlation"] = mitosis.chunk_residual_correlation(features, logits, chunk_size=c_star, num_pairs=5)
-  cache.parent.mkdir(parents=True, exist_ok=True)
-  cache.write_text(json.dumps(out))
+  io.write_json(cache, out, indent=None)
   return out
 
 
-def run(cfg: MitosisConfig, workdir: str | pathlib.Path) -> pathlib.Path:
-  """Runs (or resumes) the study in `workdir`; returns the path of `report.md`."""
+def run(cfg: MitosisConfig, workdir: io.PathLike):
+  """Runs (or resumes) the study in `workdir` (local or `gs://…`); returns the path of `report.md`."""
   from rsim_jax.train import train
 
-  workdir = pathlib.Path(workdir)
+  workdir = io.path(workdir)
   runs = _runs(cfg)
   results = {}
   for i, (name, width, kind, tc) in enumerate(runs):
@@ -167,9 +186,9 @@ def run(cfg: MitosisConfig, workdir: str | pathlib.Path) -> pathlib.Path:
     results[name] = {"kind": kind, **analyse(cfg, name, width, workdir / "models" / name,
                                              workdir / "analysis" / f"{name}.json")}
   summary = _summary(cfg, runs, results)
-  (workdir / "results.json").write_text(json.dumps(
-      {"summary": summary, "models": {n: {k: v for k, v in r.items() if k not in ("logits", "labels")}
-                                      for n, r in results.items()}}, indent=1))
+  io.write_json(workdir / "results.json",
+                {"summary": summary, "models": {n: {k: v for k, v in r.items() if k not in ("logits", "labels")}
+                                                for n, r in results.items()}}, indent=1)
   figures = _figures(cfg, runs, results, summary, workdir)
   return write_report(cfg, runs, results, summary, figures, workdir)
 
@@ -197,7 +216,7 @@ def _summary(cfg, runs, results) -> dict:
   return summary
 
 
-def _figures(cfg, runs, results, summary, workdir: pathlib.Path) -> list[pathlib.Path]:
+def _figures(cfg, runs, results, summary, workdir) -> list[pathlib.Path]:
   figures = []
   family = sorted((r for r in results.values() if r["kind"] == "zero_error"), key=lambda r: r["neurons"])
   fig = plotting.chunk_accuracy_curves(
@@ -228,7 +247,7 @@ def _f(x, spec=".3f") -> str:
   return "–" if x is None else format(x, spec)
 
 
-def write_report(cfg, runs, results, summary, figures, workdir: pathlib.Path) -> pathlib.Path:
+def write_report(cfg, runs, results, summary, figures, workdir):
   lines = ["# Representation mitosis (Doimo et al.): clones in the last hidden layer", "",
            f"Chunk accuracy: {cfg.num_chunks} random chunks of c neurons of `{cfg.layer}` per size, read out by the "
            f"trained head with the chunk's contribution × W/c. c* = smallest c within {cfg.tolerance:g} of the full "
@@ -255,6 +274,4 @@ def write_report(cfg, runs, results, summary, figures, workdir: pathlib.Path) ->
       lines.append(f"| {row['members']} | {row['total_neurons']} | {row['ensemble_accuracy']:.3f} | "
                    f"{_f(row['wide_accuracy'])} |")
   lines += ["", "Figures:", ""] + [f"- ![{p.stem}]({p.name})" for p in figures]
-  path = workdir / "report.md"
-  path.write_text("\n".join(lines) + "\n")
-  return path
+  return io.write_text(workdir / "report.md", "\n".join(lines) + "\n")
