@@ -176,8 +176,9 @@ def _basis(x, *, ridge: float, truncation, with_neurons: bool) -> _Basis:
         values, vectors = _descending_eigh(jnp.matmul(z, z.T, precision=DEFAULT_PRECISION))
         a = vectors * jnp.sqrt(values / (values + shrink))
       w2 = values / (values + shrink)
-      # The constant direction removed by centring (and exact collinearities) carry no variance.
-      kept = values > max(n, d) * eps * values[0]
+      # Centring leaves at most n − 1 directions; the ridge already silences tiny ones (w → 0), so no float32
+      # threshold is needed, and the structural rank fixes how many correlations the means count.
+      kept = jnp.arange(values.shape[0]) < min(n - 1, d)
       w2 = jnp.where(kept, w2, 0.0)
       a = a * kept
   else:
