@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from rsim_jax import plotting
 
@@ -28,3 +29,63 @@ def test_output_differences(tmp_path):
                                      rng.uniform(0.8, 1, 10), tmp_path / "o.png", label_a="deep", label_b="wide",
                                      significant_classes=[True] + [False] * 9, title="t")
   assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 10000
+
+
+def test_only_the_writer_process_saves_and_figures_are_closed(tmp_path, monkeypatch):
+  import jax
+  import matplotlib.pyplot as plt
+
+  monkeypatch.setattr(jax, "process_index", lambda: 1)  # a second host of a pod slice
+  path = plotting.metric_lines([1, 2], {"a": [0, 1]}, tmp_path / "sub" / "m.png", xlabel="x", ylabel="y")
+  assert path == tmp_path / "sub" / "m.png" and not (tmp_path / "sub").exists()
+  assert plt.get_fignums() == []
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  path = plotting.metric_lines([1, 2], {"a": [0, 1]}, tmp_path / "sub" / "m.png", xlabel="x", ylabel="y")
+  assert path.read_bytes()[:4] == b"\x89PNG" and plt.get_fignums() == []
+
+
+def test_remote_figures_are_drawn_locally_then_uploaded(tmp_path, monkeypatch):
+  # A stand-in for gs://: paths under `bucket` count as remote (written whole, never renamed into place).
+  from rsim_jax import io
+
+  bucket = tmp_path / "bucket"
+  monkeypatch.setattr(io, "is_remote", lambda p: str(p).startswith(str(bucket)))
+  drawn = []
+  local_copy = io.local_copy_for_plotting
+  monkeypatch.setattr(io, "local_copy_for_plotting", lambda p: drawn.append(local_copy(p)) or drawn[-1])
+  path = plotting.cka_heatmap(np.eye(3), bucket / "runs" / "h.png")
+  assert str(path) == str(bucket / "runs" / "h.png") and type(path).__module__.startswith("etils.epath")
+  assert (bucket / "runs" / "h.png").read_bytes()[:4] == b"\x89PNG"
+  assert len(drawn) == 1 and not str(drawn[0]).startswith(str(bucket)) and drawn[0].suffix == ".png"
+  assert not drawn[0].exists()  # the temporary local copy is removed after the upload
+
+
+@pytest.mark.parametrize("chosen", [{"env": "pdf"}, {"pyplot": True}, {}])
+def test_backend_is_agg_unless_one_was_chosen(monkeypatch, chosen):
+  # Jupyter's kernel sets MPLBACKEND to its inline backend; forcing Agg over it would stop figures showing.
+  import sys
+
+  import matplotlib
+
+  calls = []
+  monkeypatch.setattr(matplotlib, "use", lambda name, **_: calls.append(name))
+  monkeypatch.delenv("MPLBACKEND", raising=False)
+  if "env" in chosen:
+    monkeypatch.setenv("MPLBACKEND", chosen["env"])
+  if not chosen.get("pyplot"):
+    monkeypatch.delitem(sys.modules, "matplotlib.pyplot", raising=False)
+  plotting._choose_backend()
+  assert calls == ([] if chosen else ["Agg"])
+
+
+def test_importing_plotting_keeps_a_chosen_backend():
+  import os
+  import subprocess
+  import sys
+
+  code = "import rsim_jax.plotting, matplotlib; print(matplotlib.get_backend())"
+  env = {**os.environ, "MPLBACKEND": "svg"}
+  chosen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+  env.pop("MPLBACKEND")
+  default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+  assert (chosen.stdout.split()[-1].lower(), default.stdout.split()[-1].lower()) == ("svg", "agg")
