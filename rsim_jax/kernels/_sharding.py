@@ -100,12 +100,18 @@ def einsum_replicated(subscripts: str, *operands, precision=None) -> jax.Array:
 def row(x: jax.Array, index) -> jax.Array:
   """`x[index]` (one example, e.g. a pivot row), replicated; `index` may be traced.
 
-  Slicing one row out of a split axis has no unambiguous sharding in the type system, so the gather runs with
-  the mesh axes switched to Auto (`auto_axes`): XLA sends the owning device's `d` values to the others.
+  Slicing one row out of a split axis has no unambiguous sharding in the type system. With the examples split,
+  the row is taken as `Σ_i [i = index] x_i`: each device sums its own rows under a one-hot mask and XLA adds
+  the `d`-vectors across devices. This is exact (one term plus zeros) and moves `d` values, where a gather with
+  the axes switched to Auto (`auto_axes`) made XLA all-gather the whole `(n, d)` array for a traced index.
+  A traced index takes the masked sum whatever the type says: on an Auto mesh the split is not in the type,
+  and XLA all-gathers `x` for a dynamic slice of it too (one extra elementwise pass over `x` otherwise).
   """
-  if example_axes(x) is None:
+  if isinstance(index, int) and example_axes(x) is None:
     return x[index]
-  return jax.sharding.auto_axes(lambda a, i: a[i], out_sharding=sharding(x))(x, index)
+  one_hot = jnp.arange(x.shape[0]) == index
+  picked = where(one_hot.reshape((-1,) + (1,) * (x.ndim - 1)), x, jnp.zeros((), x.dtype))
+  return jnp.sum(picked, axis=0)
 
 
 def diagonal(g: jax.Array) -> jax.Array:

@@ -267,3 +267,25 @@ def test_padding_with_a_mask_equals_the_unpadded_batch(kind):
   centred = kernels.center_features(xs, mask=ms)
   assert_same(np.asarray(centred)[:n], kernels.center_features(x[:n]))
   np.testing.assert_array_equal(np.asarray(centred)[n:], 0.0)
+
+
+# --- Work that splits over examples stays split ---
+
+
+@pytest.mark.parametrize("kind", ["explicit", "auto"])
+@pytest.mark.parametrize(
+    "name, fn",
+    [
+        ("linear_cka_features", lambda x, y: kernels.linear_cka_features(x, y, on_undefined="nan")),
+        ("pca_covariance", lambda x, y: kernels.pca(x, k=2).eigenvalues),
+        ("pca_update", lambda x, y: kernels.pca_update(kernels.pca_init(12), x, mask=np.arange(N) > 2).scatter),
+        ("participation_ratio", lambda x, y: kernels.participation_ratio(x)),
+    ],
+)
+def test_contractions_over_examples_are_psums_not_gathers(kind, name, fn):
+  """`XᵀX`-type statistics (n ≥ d): each device reduces its own rows and only `d × d` partial sums travel."""
+  mesh = make_mesh(kind)
+  x, y = features()
+  hlo = jax.jit(fn).lower(split(x, mesh), split(y, mesh)).compile().as_text()
+  assert "all-reduce" in hlo
+  assert "all-gather" not in hlo, name
