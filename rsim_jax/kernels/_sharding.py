@@ -6,7 +6,9 @@ row-split X (rows and columns would both be split), a contraction over the split
 one row, a sort along the split axis — raises `ShardingTypeError` instead of letting XLA choose. The helpers
 below do the plain `jnp` operation when the example axis is not split in the type (unsharded arrays, meshes
 with Auto axes, where XLA propagates shardings itself, and per-device shards inside `shard_map`), so those
-paths compute exactly what they always did, and otherwise state the layout of the result:
+paths compute what they always did (one exception, exact: `row` takes a row at a traced index by a masked sum
+on every path, since on Auto meshes XLA all-gathers a split array for a dynamic slice), and otherwise state the
+layout of the result:
 
   - work that splits over examples stays split: a Gram matrix keeps the rows of its left operand
     (`P(axes, None)`: each device forms its own rows against all examples), and a contraction over examples
