@@ -26,7 +26,7 @@ import itertools
 import json
 import math
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -42,12 +42,12 @@ class ModelSpec:
   width: int
   train_fraction: float = 1.0
   seed: int = 0
-  zero_init: bool = False  # last BatchNorm scale of each residual block starts at 0 (the init ablation)
+  ablation: str = ""  # a key of `WideDeepConfig.ablations` (a recipe change); "" = the study's recipe
 
   @property
   def name(self) -> str:
     frac = "" if self.train_fraction == 1.0 else f"_frac{self.train_fraction:g}"
-    return f"resnet{self.depth}_x{self.width}{frac}_seed{self.seed}" + ("_zeroinit" if self.zero_init else "")
+    return f"resnet{self.depth}_x{self.width}{frac}_seed{self.seed}" + (f"_{self.ablation}" if self.ablation else "")
 
   @property
   def architecture(self) -> Architecture:
@@ -55,7 +55,7 @@ class ModelSpec:
 
   @property
   def label(self) -> str:
-    return f"ResNet-{self.depth} ×{self.width}" + (" zero-init" if self.zero_init else "")
+    return f"ResNet-{self.depth} ×{self.width}" + (f" {self.ablation}" if self.ablation else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +77,12 @@ class WideDeepConfig:
       the baseline).
     population_seeds: seeds of the population models (≥ 4 for the seed-split baseline of the error test).
     cross_architectures: pairs of architectures compared layer by layer (seed 0, fraction 1).
-    init_ablation: architectures trained a second time with the last BatchNorm scale of every residual block
-      started at 0 (Goyal et al. 2017), for every seed of `init_ablation_seeds`, beside the standard
-      initialisation (BN scales 1, He et al. 2016, the papers' networks): does zero-init change the block?
-    init_ablation_seeds: seeds of the ablation (both initialisations).
+    ablations: recipe changes measured side by side with the study's recipe: name → overrides of `train`
+      (`model_kwargs` merged), e.g. {"zeroinit": {"model_kwargs": {"zero_init_last_bn": True}}} (the last
+      BatchNorm scale of every residual block starts at 0, Goyal et al. 2017) or {"warmup2": {"warmup_epochs":
+      2}}. Names must be identifiers (they end the model names).
+    ablation_architectures, ablation_seeds: each architecture is trained with the study's recipe and with every
+      ablation, for every seed (fraction 1).
     cka_batch_size: minibatch size of the CKA estimate (per device).
     block_threshold: CKA every pair of layers of a block must reach.
     block_min_pc1, block_min_pc1_gain, block_min_size: the block detector
@@ -110,8 +112,9 @@ class WideDeepConfig:
   population: tuple[Architecture, ...] = ()
   population_seeds: tuple[int, ...] = (0, 1, 2, 3)
   cross_architectures: tuple[tuple[Architecture, Architecture], ...] = ()
-  init_ablation: tuple[Architecture, ...] = ()
-  init_ablation_seeds: tuple[int, ...] = (0,)
+  ablations: Mapping[str, Mapping] = dataclasses.field(default_factory=dict)
+  ablation_architectures: tuple[Architecture, ...] = ()
+  ablation_seeds: tuple[int, ...] = (0,)
   cka_batch_size: int = 256
   block_threshold: float = 0.9
   block_min_pc1: float = 0.5
@@ -127,6 +130,9 @@ class WideDeepConfig:
   def __post_init__(self):
     if self.subset_budget not in ("steps", "epochs"):
       raise ValueError(f"`subset_budget` must be 'steps' or 'epochs'; got {self.subset_budget!r}.")
+    bad = [name for name in self.ablations if not name.isidentifier()]
+    if bad:
+      raise ValueError(f"`ablations` names must be identifiers (they end model names); got {bad}.")
 
   def models(self) -> list[ModelSpec]:
     grid = [(depth, 1) for depth in self.depths]
@@ -143,39 +149,41 @@ class WideDeepConfig:
     for pair in self.cross_architectures:
       for depth, width in pair:
         specs.append(ModelSpec(depth, width, 1.0, min(self.seeds)))
-    for seed in self.init_ablation_seeds:
-      for depth, width in self.init_ablation:
-        specs += [ModelSpec(depth, width, 1.0, seed), ModelSpec(depth, width, 1.0, seed, zero_init=True)]
+    for seed in self.ablation_seeds:
+      for depth, width in self.ablation_architectures:
+        specs += [ModelSpec(depth, width, 1.0, seed, name) for name in ("", *self.ablations)]
     return list(dict.fromkeys(specs))
 
 
 def get_config(variant: str = "local") -> WideDeepConfig:
-  """The study's variants: "local" (digits, the demo), "local_init" (digits, standard vs zero-init BatchNorm),
+  """The study's variants: "local" (digits, the demo), "local_ablation" (digits: the recipe vs zero-init
+  BatchNorm and vs warm-up),
   "local_long" (digits, 3× the epochs), "cifar10_local" (CIFAR-10 subset, CPU), "cifar10" (the paper's grid),
   "imagenet" (ImageNet ResNets). Every variant uses the standard initialisation of the papers' ResNets (He
   et al. 2016: BatchNorm scales 1); zero-init is the ablation."""
   if variant == "local":
-    # The demo (RESULTS.md, "local"): digits at 8×8, the papers' standard initialisation (BatchNorm scales 1; the
-    # zero-init of the last BN scale hid the block, see `local_init`), 40 epochs so that the deep net fits the
-    # training set. Depth: ResNet-20 ×1 (no block) vs ResNet-56 ×1 (a block); width: ResNet-20 ×1/×2/×4; data:
-    # the two narrow nets on a quarter of the training set; cross-seed CKA and the output-level comparison from
-    # 3 seeds of each narrow net. About 20 minutes on 2 cores.
+    # The demo (experiments/wide_deep/RESULTS.md, "local"): digits at 8×8 with the papers' recipe — standard
+    # initialisation (BatchNorm scales 1) and no warm-up; zero-init of the last BN scale or 2 warm-up epochs
+    # suppress the block (`local_ablation`) — for 40 epochs, which fit the training set. Depth: ResNet-20 ×1 vs
+    # ResNet-56 ×1; width: ResNet-20 ×1/×2/×4; data: the two narrow nets on a quarter of the training set;
+    # cross-seed CKA and the output-level comparison from 3 seeds of each narrow net.
     return WideDeepConfig(
         train=dict(data="digits", data_kwargs={"image_size": 8}, batch_size=128, eval_batch_size=512,
-                   num_epochs=40, lr=0.1, warmup_epochs=2, weight_decay=5e-4, augment=False, progress=True),
+                   num_epochs=40, lr=0.1, warmup_epochs=0, weight_decay=5e-4, augment=False, progress=True),
         depths=(20, 56), widths=(1, 2, 4), width_depths=(20,), train_fractions=(1.0, 0.25),
         fraction_architectures=((20, 1), (56, 1)),
         population=((20, 1), (56, 1)), population_seeds=(0, 1, 2),
         cross_architectures=(((56, 1), (20, 4)),),
         cka_batch_size=128, sample_size=360, probe_train_examples=1000,
     )
-  if variant == "local_init":
-    # The initialisation ablation on digits: ResNet-56 ×1 with BatchNorm scales 1 (standard) and with the last BN
-    # scale of each residual block at 0 (Goyal et al. 2017), 3 seeds each, the `local` recipe otherwise.
+  if variant == "local_ablation":
+    # Recipe ablations on digits: ResNet-56 ×1 with the `local` recipe (BatchNorm scales 1, no warm-up) and with
+    # the last BN scale of each residual block at 0 (Goyal et al. 2017) or 2 warm-up epochs, 3 seeds each.
     base = get_config("local")
     return dataclasses.replace(
         base, depths=(56,), widths=(1,), width_depths=(), train_fractions=(1.0,), fraction_architectures=None,
-        population=(), cross_architectures=(), init_ablation=((56, 1),), init_ablation_seeds=(0, 1, 2),
+        population=(), cross_architectures=(), ablation_architectures=((56, 1),), ablation_seeds=(0, 1, 2),
+        ablations={"zeroinit": {"model_kwargs": {"zero_init_last_bn": True}}, "warmup2": {"warmup_epochs": 2}},
         probe_train_examples=0, pruning=False,
     )
   if variant == "local_long":
@@ -224,7 +232,7 @@ def get_config(variant: str = "local") -> WideDeepConfig:
         cka_batch_size=256, max_eval_examples=10_000, sample_size=256, probe_train_examples=0,
     )
   raise ValueError(
-      f"Unknown wide_deep variant {variant!r}; choose 'local', 'local_init', 'local_long', 'cifar10_local', "
+      f"Unknown wide_deep variant {variant!r}; choose 'local', 'local_ablation', 'local_long', 'cifar10_local', "
       "'cifar10' or 'imagenet'."
   )
 
@@ -234,8 +242,10 @@ def train_config(cfg: WideDeepConfig, spec: ModelSpec):
 
   kwargs = dict(cfg.train)
   model_kwargs = {**dict(kwargs.pop("model_kwargs", {})), "width": spec.width}
-  if spec.zero_init:
-    model_kwargs["zero_init_last_bn"] = True
+  if spec.ablation:
+    overrides = dict(cfg.ablations[spec.ablation])
+    model_kwargs.update(overrides.pop("model_kwargs", {}))
+    kwargs.update(overrides)
   if cfg.model == "imagenet_resnet":
     from rsim_jax.models import imagenet_resnet
 
@@ -428,7 +438,7 @@ def _cross_pairs(cfg: WideDeepConfig, specs: Sequence[ModelSpec]) -> list[tuple[
   """Cross-seed pairs (first two seeds of every architecture that has two) and the configured cross-architecture
   pairs, at training fraction 1."""
   pairs = []
-  full = [s for s in specs if s.train_fraction == 1.0 and not s.zero_init]
+  full = [s for s in specs if s.train_fraction == 1.0 and not s.ablation]
   for arch in dict.fromkeys(s.architecture for s in full):
     same = sorted((s for s in full if s.architecture == arch), key=lambda s: s.seed)
     if len(same) >= 2:
@@ -490,7 +500,7 @@ def _grid_figure(results: dict[str, dict], specs: Sequence[ModelSpec], get, path
 def _grid_specs(cfg: WideDeepConfig, specs: Sequence[ModelSpec], fraction: float, seed: int) -> list[ModelSpec]:
   grid = {(d, 1) for d in cfg.depths} | {(d, w) for d in cfg.width_depths for w in cfg.widths}
   return [s for s in specs
-          if s.train_fraction == fraction and s.seed == seed and s.architecture in grid and not s.zero_init]
+          if s.train_fraction == fraction and s.seed == seed and s.architecture in grid and not s.ablation]
 
 
 def run(cfg: WideDeepConfig, workdir: str | pathlib.Path) -> pathlib.Path:
@@ -521,7 +531,7 @@ def run(cfg: WideDeepConfig, workdir: str | pathlib.Path) -> pathlib.Path:
   summary = {
       "models": {name: {k: v for k, v in r.items() if not k.startswith("cka_") and k not in ("predictions", "labels")}
                  for name, r in results.items()},
-      "init_ablation": _init_ablation_rows(cfg, results),
+      "ablations": _ablation_rows(cfg, results),
       "cross": [{k: v for k, v in c.items() if k != "cross_cka"} for c in cross],
       "population": population,
   }
@@ -585,36 +595,38 @@ def _figures(cfg, specs, results, workdir) -> list[pathlib.Path]:
       figures.append(plotting.metric_lines(fractions, pc1_max, workdir / "pc1_vs_dataset_size.png", log_x=True,
                                            xlabel="training-set fraction", ylabel="largest PC1 fraction of any layer",
                                            title="dataset size and the first principal component"))
-  ablation = _init_ablation_rows(cfg, results)
-  if ablation and cfg.sample_size:
+  rows = _ablation_rows(cfg, results)
+  if rows and cfg.sample_size:
     profiles, styles = {}, {}
-    for row in ablation:
-      for init in ("standard", "zero-init"):
-        key = f"{row['label']} {init}, seed {row['seed']}"
-        profiles[key] = row[init]["pc1_fraction"]
-        styles[key] = "-" if init == "standard" else "--"
+    for row in rows:
+      for k, (name, r) in enumerate(row["runs"].items()):
+        key = f"{row['label']} {name}, seed {row['seed']}"
+        profiles[key] = r["pc1_fraction"]
+        styles[key] = ("-", "--", ":", "-.")[k % 4]
     figures.append(plotting.layer_profiles(
-        profiles, workdir / "init_ablation_pc1.png", ylabel="variance fraction on PC1", ylim=(0, 1), styles=styles,
-        title="standard init (BN scale 1, solid) vs zero-init last BN (dashed)"))
+        profiles, workdir / "ablation_pc1.png", ylabel="variance fraction on PC1", ylim=(0, 1), styles=styles,
+        title="the study's recipe (solid) vs each ablation"))
   return figures
 
 
-def _init_ablation_rows(cfg: WideDeepConfig, results: dict) -> list[dict]:
-  """One row per (architecture, seed) of the init ablation: the standard and the zero-init model's numbers."""
+def _ablation_rows(cfg: WideDeepConfig, results: dict) -> list[dict]:
+  """One row per (architecture, seed) of the ablations: the numbers of the study's recipe ("standard") and of
+  every ablation."""
   rows = []
-  for depth, width in cfg.init_ablation:
-    for seed in cfg.init_ablation_seeds:
-      pair = {}
-      for zero_init, key in ((False, "standard"), (True, "zero-init")):
-        r = results.get(ModelSpec(depth, width, 1.0, seed, zero_init).name)
+  for depth, width in cfg.ablation_architectures:
+    for seed in cfg.ablation_seeds:
+      runs = {}
+      for name in ("", *cfg.ablations):
+        r = results.get(ModelSpec(depth, width, 1.0, seed, name).name)
         if r is None:
           break
         pc1 = r.get("pc1", {}).get("pc1_fraction", [])
-        pair[key] = {"test_accuracy": r["test_accuracy"], "train_accuracy": r.get("train_accuracy"),
-                     "pc1_fraction": pc1, "max_pc1": max(pc1) if pc1 else float("nan"),
-                     "block": r["blocks"]["trained"], "has_block": r["blocks"]["has_block"]}
+        runs[name or "standard"] = {
+            "test_accuracy": r["test_accuracy"], "train_accuracy": r.get("train_accuracy"), "pc1_fraction": pc1,
+            "max_pc1": max(pc1) if pc1 else float("nan"), "block": r["blocks"]["trained"],
+            "has_block": r["blocks"]["has_block"]}
       else:
-        rows.append({"label": f"ResNet-{depth} ×{width}", "seed": seed, **pair})
+        rows.append({"label": f"ResNet-{depth} ×{width}", "seed": seed, "runs": runs})
   return rows
 
 
@@ -665,16 +677,17 @@ def write_report(cfg, specs, results, cross, population, figures, workdir: pathl
         f"{probe_cell} |"
     )
   lines += ["", "Without a block, the PC1 and CKA columns are read over the trained network's longest similar run."]
-  ablation = _init_ablation_rows(cfg, results)
-  if ablation:
-    lines += ["", "## Initialisation ablation: standard (BatchNorm scales 1) vs zero-init last BN of each block", "",
-              "| model | seed | test acc: standard / zero-init | train acc: standard / zero-init | largest PC1: standard / "
-              "zero-init | block: standard / zero-init |", "|---|---:|---|---|---|---|"]
-    for row in ablation:
-      st, zi = row["standard"], row["zero-init"]
-      lines.append(f"| {row['label']} | {row['seed']} | {st['test_accuracy']:.3f} / {zi['test_accuracy']:.3f} | "
-                   f"{_fmt(st['train_accuracy'])} / {_fmt(zi['train_accuracy'])} | {_fmt(st['max_pc1'], '.2f')} / "
-                   f"{_fmt(zi['max_pc1'], '.2f')} | {_span(st['block'])} / {_span(zi['block'])} |")
+  rows = _ablation_rows(cfg, results)
+  if rows:
+    names = ["standard", *cfg.ablations]
+    lines += ["", "## Recipe ablations: the study's recipe (standard) vs " + ", ".join(
+                  f"`{k}` ({json.dumps(dict(v))})" for k, v in cfg.ablations.items()), "",
+              f"| model | seed | {' | '.join(f'{n}: train / test acc, largest PC1, block' for n in names)} |",
+              "|---|---:|" + "---|" * len(names)]
+    for row in rows:
+      cells = [f"{_fmt(r['train_accuracy'])} / {r['test_accuracy']:.3f}, {_fmt(r['max_pc1'], '.2f')}, "
+               f"{_span(r['block'])}" for r in row["runs"].values()]
+      lines.append(f"| {row['label']} | {row['seed']} | {' | '.join(cells)} |")
   pruned = [spec for spec in specs if results[spec.name].get("pruning")]
   if pruned:
     lines += ["", "## Block pruning: test accuracy with one residual block deleted (no fine-tuning)", "",

@@ -12,7 +12,8 @@ def _tiny_config(depths=(8,)):
       train=dict(data="fake", batch_size=32, eval_batch_size=32, num_epochs=1, lr=0.05, progress=False, num_devices=1,
                  log_every_steps=5),
       depths=depths, widths=(1, 2), width_depths=(8,), cka_batch_size=25, sample_size=60, probe_train_examples=64,
-      population=((8, 1), (8, 2)), population_seeds=(0, 1), init_ablation=((8, 1),),
+      population=((8, 1), (8, 2)), population_seeds=(0, 1), ablation_architectures=((8, 1),),
+      ablations={"zeroinit": {"model_kwargs": {"zero_init_last_bn": True}}},
   )
 
 
@@ -24,9 +25,15 @@ def test_grid_of_models():
   # Every variant trains the papers' standard ResNets (BatchNorm scales 1); zero-init is the ablation only.
   for variant in ("local", "local_long", "cifar10_local", "cifar10", "imagenet"):
     assert not any(r["model_kwargs"].get("zero_init_last_bn") for r in wide_deep.plan(wide_deep.get_config(variant)))
-  ablation = {r["name"]: r["model_kwargs"].get("zero_init_last_bn", False)
-              for r in wide_deep.plan(wide_deep.get_config("local_init"))}
-  assert ablation == {f"resnet56_x1_seed{i}{z}": bool(z) for i in range(3) for z in ("", "_zeroinit")}
+  rows = {r["name"]: r for r in wide_deep.plan(wide_deep.get_config("local_ablation"))}
+  assert set(rows) == {f"resnet56_x1_seed{i}{a}" for i in range(3) for a in ("", "_zeroinit", "_warmup2")}
+  assert rows["resnet56_x1_seed1_zeroinit"]["model_kwargs"]["zero_init_last_bn"] is True
+  assert "zero_init_last_bn" not in rows["resnet56_x1_seed1"]["model_kwargs"]
+  warm = {n: wide_deep.train_config(wide_deep.get_config("local_ablation"), s).warmup_epochs
+          for n, s in ((s.name, s) for s in wide_deep.get_config("local_ablation").models())}
+  assert warm["resnet56_x1_seed2_warmup2"] == 2 and warm["resnet56_x1_seed2"] == 0
+  with pytest.raises(ValueError, match="identifiers"):
+    wide_deep.WideDeepConfig(train={}, depths=(8,), widths=(1,), width_depths=(), ablations={"zero init": {}})
   paper = wide_deep.get_config("cifar10").models()
   assert {(s.depth, s.width) for s in paper} >= {(164, 1), (38, 10), (14, 8)}
   assert {s.train_fraction for s in paper} == {1.0, 0.25, 0.0625}
@@ -87,11 +94,11 @@ def test_study_runs_end_to_end_and_resumes(tmp_path, fake_data, depths):
   assert np.array(cross["cross_cka"]).shape == (num_layers, num_layers)
   assert summary["population"]["num_seeds"] == 2 and "p_value" in summary["population"]["examples"]
   assert "Output level" in text and "Cross-model CKA" in text and "Block pruning" in text
-  # The init ablation: the zero-init twin of ResNet-8 ×1 starts with the last BN scale of every block at 0.
-  assert "Initialisation ablation" in text and (tmp_path / "init_ablation_pc1.png").stat().st_size > 1000
-  (row,) = summary["init_ablation"]
-  assert row["label"] == "ResNet-8 ×1" and row["seed"] == 0
-  assert len(row["standard"]["pc1_fraction"]) == len(row["zero-init"]["pc1_fraction"]) == num_layers
+  # The ablation: the zero-init twin of ResNet-8 ×1 starts with the last BN scale of every block at 0.
+  assert "Recipe ablations" in text and (tmp_path / "ablation_pc1.png").stat().st_size > 1000
+  (row,) = summary["ablations"]
+  assert row["label"] == "ResNet-8 ×1" and row["seed"] == 0 and list(row["runs"]) == ["standard", "zeroinit"]
+  assert len(row["runs"]["standard"]["pc1_fraction"]) == len(row["runs"]["zeroinit"]["pc1_fraction"]) == num_layers
   zero_init_config = json.loads((tmp_path / "models" / "resnet8_x1_seed0_zeroinit" / "config.json").read_text())
   assert zero_init_config["model_kwargs"]["zero_init_last_bn"] is True
   for name, r in summary["models"].items():  # the detector's fields, read against the untrained twin
@@ -106,7 +113,7 @@ def test_study_runs_end_to_end_and_resumes(tmp_path, fake_data, depths):
   assert cross_png.stat().st_size > 1000 and (tmp_path / "analysis" / "resnet8_x1_seed0_cka.png").exists()
 
 
-@pytest.mark.parametrize("variant", ["local", "local_init", "local_long", "cifar10_local", "cifar10", "imagenet"])
+@pytest.mark.parametrize("variant", ["local", "local_ablation", "local_long", "cifar10_local", "cifar10", "imagenet"])
 def test_every_variant_plans_valid_train_configs(variant):
   cfg = wide_deep.get_config(variant)
   rows = wide_deep.plan(cfg)
@@ -136,3 +143,20 @@ def test_accelerator_variants_take_one_training_step(variant):
 
   cfg = wide_deep.get_config(variant)
   assert_one_training_step(wide_deep.train_config(cfg, cfg.models()[0]), num_classes=1000 if variant == "imagenet" else 10)
+
+
+@pytest.mark.slow
+def test_resnet56_on_digits_has_a_block_and_resnet20_has_none(tmp_path):
+  """The smallest configuration that shows the block (RESULTS.md, `local`): ResNet-56 ×1 trained on digits for
+  40 epochs with the standard initialisation has a block (dominant PC1 where the untrained net has none, at
+  the same layers); ResNet-20 ×1 trained the same way has none. About 3 minutes on 2 cores."""
+  base = wide_deep.get_config("local")
+  cfg = wide_deep.WideDeepConfig(
+      train={**base.train, "progress": False}, depths=(20, 56), widths=(1,), width_depths=(), sample_size=360,
+      probe_train_examples=0, pruning=False, cka_batch_size=base.cka_batch_size)
+  wide_deep.run(cfg, tmp_path)
+  summary = json.loads((tmp_path / "results.json").read_text())["models"]
+  deep, shallow = summary["resnet56_x1_seed0"]["blocks"], summary["resnet20_x1_seed0"]["blocks"]
+  assert deep["has_block"] and deep["trained"]["size"] >= 10
+  assert deep["trained_pc1_fraction"] > 0.8 and deep["pc1_contrast"] > 0.3
+  assert not shallow["has_block"]
