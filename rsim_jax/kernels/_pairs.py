@@ -100,7 +100,7 @@ def _map_pairs(pair_fn, both, stack_x, stack_y, index_x, index_y):
 
 def all_pairs(
     factors_x: list, factors_y: list | None, pair_fn: Callable, *, fill: float = np.nan
-) -> tuple[dict[str, np.ndarray], bool]:
+) -> dict[str, np.ndarray]:
   """Applies `pair_fn` to every (x layer, y layer) pair and returns `{name: (L_x, L_y) array}`.
 
   `pair_fn(fx, fy, *, both)` (a module-level function, so the jit cache is reused across calls) returns

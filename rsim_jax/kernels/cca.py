@@ -225,21 +225,21 @@ def _raise_if_degenerate(basis: _Basis, name: str, *, ridge: float, truncation) 
 def _compact(basis: _Basis, cap: int) -> _Basis:
   """Trims the trailing columns no direction uses (concrete bases only) and pads with unused zero columns to a
   ladder width, so that layers of similar width share one compiled pair loop."""
-  if basis.neurons is not None:
-    # Zero neurons add nothing to Σ_j |⟨h_i, x̃_j⟩|: pad the neuron count to a ladder width as well.
-    d = basis.neurons.shape[1]
-    basis = basis._replace(neurons=jnp.pad(basis.neurons, ((0, 0), (0, _pairs.bucket_width(d, 2**62) - d))))
   kept = int(np.max(np.nonzero(np.asarray(basis.w2) > 0)[0], initial=0)) + 1
   width = _pairs.bucket_width(kept, cap)
   r = basis.w2.shape[0]
   if width <= r:
-    return _Basis(basis.a[:, :width], basis.w2[:width], None if basis.neurons is None else basis.neurons[:width])
-  pad = width - r
-  return _Basis(
-      _pairs.pad_columns(basis.a, width),
-      jnp.pad(basis.w2, (0, pad)),
-      None if basis.neurons is None else jnp.pad(basis.neurons, ((0, pad), (0, 0))),
-  )
+    return _Basis(basis.a[:, :width], basis.w2[:width], None)
+  return _Basis(_pairs.pad_columns(basis.a, width), jnp.pad(basis.w2, (0, width - r)), None)
+
+
+@jax.jit
+def _neurons(a, x):
+  """`Aᵀ X̃` of a (trimmed) basis, with the neuron count zero-padded to a ladder width: zero neurons add
+  nothing to `Σ_j |⟨h_i, x̃_j⟩|`, and equal shapes share one compiled pair loop."""
+  d = x.shape[1]
+  neurons = jnp.matmul(a.T, center_features(x), precision=DEFAULT_PRECISION)
+  return jnp.pad(neurons, ((0, 0), (0, _pairs.bucket_width(d, 2**62) - d)))
 
 
 # --- Pair contraction ---
@@ -428,9 +428,12 @@ def _all_pairs(layers_x, layers_y, *, ridge, truncation, with_neurons, pair_fn):
     out = []
     for i, layer in enumerate(layers):
       _check_shape_rules(layer.shape, f"{name}[{i}]", ridge=ridge, truncation=truncation)
-      basis = _basis_jit(layer, ridge=ridge, truncation=truncation, with_neurons=with_neurons)
+      basis = _basis_jit(layer, ridge=ridge, truncation=truncation, with_neurons=False)
       _raise_if_degenerate(basis, f"{name}[{i}]", ridge=ridge, truncation=truncation)
-      out.append(_compact(basis, cap=n))
+      basis = _compact(basis, cap=n)
+      if with_neurons:  # after trimming: k·d·n flops instead of min(n, d)·d·n
+        basis = basis._replace(neurons=_neurons(basis.a, layer))
+      out.append(basis)
     return out
 
   fx = bases(xs, "layers_x")
