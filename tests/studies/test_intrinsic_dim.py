@@ -49,7 +49,7 @@ def test_study_runs_end_to_end_and_resumes(tmp_path, fake_data):
   assert stamps() == models and len(models) > 10
 
 
-@pytest.mark.parametrize("variant", ["local", "fmnist_local", "cifar10_local", "paper"])
+@pytest.mark.parametrize("variant", ["local", "fmnist_local", "cifar10_local", "paper", "tiny"])
 def test_variants_plan(variant):
   rows = intrinsic_dim.plan(intrinsic_dim.get_config(variant))
   assert rows[0]["name"] == "main" and len({r["name"] for r in rows}) == len(rows)

@@ -62,3 +62,10 @@ def test_paper_variant_takes_one_training_step():
   name, _, _, config = mitosis._runs(mitosis.get_config("cifar10"))[0]
   assert name == "wrn28_1" and config.until_zero_train_error
   assert_one_training_step(config)
+
+
+def test_tiny_variant_trains_two_small_networks_on_digits():
+  # The multi-host test's variant (tests/studies/test_multihost_studies.py): one width and one ensemble member.
+  rows = mitosis.plan(mitosis.get_config("tiny"))
+  assert [(r["name"], r["kind"], r["data"]) for r in rows] == [("wrn10_1", "zero_error", "digits"),
+                                                                ("wrn10_1_seed1", "ensemble", "digits")]
