@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from rsim_jax import extract, plotting
+from rsim_jax import extract, io, plotting
 from rsim_jax.analysis import block_structure, cross_model, output_errors, principal_components, probes, pruning
 
 Architecture = tuple[int, int]  # (depth, width multiplier)
@@ -159,7 +159,7 @@ def get_config(variant: str = "local") -> WideDeepConfig:
   """The study's variants: "local" (digits, the demo), "local_ablation" (digits: the recipe vs zero-init
   BatchNorm and vs warm-up),
   "local_long" (digits, 3× the epochs), "cifar10_local" (CIFAR-10 subset, CPU), "cifar10" (the paper's grid),
-  "imagenet" (ImageNet ResNets). Every variant uses the standard initialisation of the papers' ResNets (He
+  "imagenet" (ImageNet ResNets), "tiny" (seconds; the multi-host test). Every variant uses the standard initialisation of the papers' ResNets (He
   et al. 2016: BatchNorm scales 1); zero-init is the ablation."""
   if variant == "local":
     # The demo (experiments/wide_deep/RESULTS.md, "local"): digits at 8×8 with the papers' recipe — standard
@@ -194,12 +194,12 @@ def get_config(variant: str = "local") -> WideDeepConfig:
         fraction_architectures=None, population=(), cross_architectures=(),
     )
   if variant == "cifar10_local":
-    # CIFAR-10 on a CPU: 2,500 training images at 16×16, no augmentation (so the training set is fitted: the
-    # block is a property of models that fit their data), standard init, ResNet-20 vs ResNet-56; CKA on 2,000
-    # test images.
+    # CIFAR-10 on a CPU: 2,500 training images at 16×16, no augmentation (so that the training set is fitted: the
+    # block is a property of models that fit their data), the papers' recipe (standard init, no warm-up),
+    # ResNet-20 vs ResNet-56; CKA on 2,000 test images.
     return WideDeepConfig(
         train=dict(data="cifar10", data_kwargs={"image_size": 16}, train_examples=2500, batch_size=128,
-                   eval_batch_size=500, num_epochs=40, lr=0.1, warmup_epochs=2, weight_decay=5e-4,
+                   eval_batch_size=500, num_epochs=40, lr=0.1, warmup_epochs=0, weight_decay=5e-4,
                    augment=False, progress=True),
         depths=(20, 56), widths=(1,), width_depths=(), train_fractions=(1.0, 0.25), seeds=(0,),
         population=((20, 1),), population_seeds=(0, 1), cka_batch_size=256, max_eval_examples=2000,
@@ -231,9 +231,20 @@ def get_config(variant: str = "local") -> WideDeepConfig:
         model="imagenet_resnet", depths=(50, 101, 152), widths=(1, 2, 3), width_depths=(50,),
         cka_batch_size=256, max_eval_examples=10_000, sample_size=256, probe_train_examples=0,
     )
+  if variant == "tiny":
+    # Every stage (training, within- and cross-model CKA, block detection, PC1, probes, pruning, output-level
+    # tests, an ablation twin, figures) in seconds on a CPU; no claim about blocks. The multi-host test runs it
+    # in 2 processes and in 1.
+    return WideDeepConfig(
+        train=dict(data="digits", data_kwargs={"image_size": 8}, batch_size=64, eval_batch_size=360,
+                   num_epochs=1, num_steps=6, lr=0.05, warmup_epochs=0, augment=False, progress=False),
+        depths=(8,), widths=(1, 2), width_depths=(8,), population=((8, 1), (8, 2)), population_seeds=(0, 1),
+        ablation_architectures=((8, 1),), ablations={"zeroinit": {"model_kwargs": {"zero_init_last_bn": True}}},
+        cka_batch_size=16, sample_size=120, probe_train_examples=100,
+    )
   raise ValueError(
       f"Unknown wide_deep variant {variant!r}; choose 'local', 'local_ablation', 'local_long', 'cifar10_local', "
-      "'cifar10' or 'imagenet'."
+      "'cifar10', 'imagenet' or 'tiny'."
   )
 
 
@@ -299,8 +310,9 @@ def detect_block(cfg: WideDeepConfig, trained_cka, init_cka, pc1, init_pc1, name
       min_pc1=cfg.block_min_pc1, min_pc1_gain=cfg.block_min_pc1_gain, min_size=cfg.block_min_size)
 
 
-def _batches(config, split: str, batch_size: int, max_examples: int | None):
-  return extract.split_batches(config, split=split, batch_size=batch_size, max_examples=max_examples)
+def _batches(config, split: str, batch_size: int, max_examples: int | None, *, local: bool = False):
+  """`batch_size` examples per device (the CKA minibatch); `local`: every process reads the whole split."""
+  return extract.split_batches(config, split=split, batch_size=batch_size, max_examples=max_examples, local=local)
 
 
 def _block_range(block: dict) -> tuple[int, int] | None:
@@ -311,7 +323,8 @@ def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path,
   """Everything about one model: within-model CKA (trained and at initialisation), block vs baseline, PC1
   analysis, linear probes, test predictions. Cached as `out_dir/<name>.json`."""
   cache = out_dir / f"{spec.name}.json"
-  result = json.loads(cache.read_text()) if cache.exists() else None
+  # As process 0 sees it: a process that skipped the extraction would leave the others waiting in its collectives.
+  result = io.read_json(cache) if io.agreed_exists(cache) else None
   if result is not None and result.get("version") != ANALYSIS_VERSION:
     result = None  # made by an earlier detector: re-extracted (the trained model itself is reused)
   if result is not None:
@@ -319,7 +332,7 @@ def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path,
       from rsim_jax.train import load_model
 
       result["pruning"] = pruning_analysis(cfg, *load_model(model_dir), result["blocks"]["trained"])
-      cache.write_text(json.dumps(result))
+      io.write_json(cache, result, indent=None)
     _model_heatmap(spec, result, out_dir)
     return result
   from rsim_jax.train import load_model
@@ -336,7 +349,7 @@ def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path,
     init_pc1 = principal_components.pc1_fractions(comparison.samples[1])
     pc1, init_pc1 = [pc1[n] for n in names], [init_pc1[n] for n in names]
   blocks = detect_block(cfg, trained_cka, init_cka, pc1, init_pc1, names)
-  final = json.loads((model_dir / "final_metrics.json").read_text())
+  final = io.read_json(model_dir / "final_metrics.json")
   result = {
       "version": ANALYSIS_VERSION,
       "spec": dataclasses.asdict(spec),
@@ -367,8 +380,7 @@ def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path,
       result["probe_accuracy"] = [accuracy[n] for n in names]
   if _wants_pruning(cfg, spec):
     result["pruning"] = pruning_analysis(cfg, trained, config, result["blocks"]["trained"])
-  out_dir.mkdir(parents=True, exist_ok=True)
-  cache.write_text(json.dumps(result))
+  io.write_json(cache, result, indent=None)
   _model_heatmap(spec, result, out_dir, redraw=True)
   return result
 
@@ -390,7 +402,8 @@ def pruning_analysis(cfg: WideDeepConfig, model, config, block: dict) -> dict | 
   cumulatively from the last block back; mean single-block drop inside vs outside the trained block run."""
   if not pruning.prunable_blocks(model):
     return None
-  batches, _ = _batches(config, config.eval_split, cfg.cka_batch_size, cfg.max_eval_examples)
+  # The pruned forward passes run on one device per process: every process reads the whole split (`local`).
+  batches, _ = _batches(config, config.eval_split, cfg.cka_batch_size, cfg.max_eval_examples, local=True)
   curve = pruning.pruning_curve(model, batches)
   result = curve.to_json()
   result["block_output_layer"] = [pruning.block_layer_span(model, b)[1] for b in curve.blocks]
@@ -404,11 +417,11 @@ def cross_analysis(cfg: WideDeepConfig, a: ModelSpec, b: ModelSpec, workdir: pat
   blocks (`analysis.cross_model`). Cached as `analysis/cross_<a>__<b>.json`."""
   cache = workdir / "analysis" / f"cross_{a.name}__{b.name}.json"
   figure = workdir / f"cross_{a.name}__{b.name}.png"
-  if cache.exists():
-    out = json.loads(cache.read_text())
+  if io.agreed_exists(cache):
+    out = io.read_json(cache)
   else:
     out = _cross_cka(cfg, a, b, workdir, results)
-    cache.write_text(json.dumps(out))
+    io.write_json(cache, out, indent=None)
   if not figure.exists():  # Also redrawn from the cache (a copied or pruned work directory).
     plotting.cka_heatmap(np.array(out["cross_cka"]).T, figure, x_labels=results[a.name]["layer_names"],
                          y_labels=results[b.name]["layer_names"],
@@ -503,11 +516,14 @@ def _grid_specs(cfg: WideDeepConfig, specs: Sequence[ModelSpec], fraction: float
           if s.train_fraction == fraction and s.seed == seed and s.architecture in grid and not s.ablation]
 
 
-def run(cfg: WideDeepConfig, workdir: str | pathlib.Path) -> pathlib.Path:
-  """Runs (or resumes) the study in `workdir`; returns the path of `report.md`."""
+def run(cfg: WideDeepConfig, workdir: io.PathLike):
+  """Runs (or resumes) the study in `workdir` (local or `gs://…`); returns the path of `report.md`.
+
+  Multi-host (`rsim --multihost study wide_deep ...` on every host): training and extraction span all hosts'
+  devices, every process computes the same analyses, process 0 writes every file (`rsim_jax.io`)."""
   from rsim_jax.train import train
 
-  workdir = pathlib.Path(workdir)
+  workdir = io.path(workdir)
   specs = cfg.models()
   results = {}
   for i, spec in enumerate(specs):
@@ -535,7 +551,7 @@ def run(cfg: WideDeepConfig, workdir: str | pathlib.Path) -> pathlib.Path:
       "cross": [{k: v for k, v in c.items() if k != "cross_cka"} for c in cross],
       "population": population,
   }
-  (workdir / "results.json").write_text(json.dumps(summary, indent=1))
+  io.write_json(workdir / "results.json", summary, indent=1)
   return write_report(cfg, specs, results, cross, population, figures, workdir)
 
 
@@ -723,5 +739,5 @@ def write_report(cfg, specs, results, cross, population, figures, workdir: pathl
     ]
   lines += ["", "Figures:", ""] + [f"- ![{p.stem}]({p.name})" for p in figures]
   path = workdir / "report.md"
-  path.write_text("\n".join(lines) + "\n")
+  io.write_text(path, "\n".join(lines) + "\n")
   return path

@@ -335,7 +335,8 @@ def train(
       if ckpt.latest_step() is not None:
         state, _ = ckpt.restore(program.abstract_state(replicated))
         start = int(state["step"])
-        if final_path.exists():
+        # As process 0 sees it: a process returning early would leave the others waiting in collectives.
+        if io.agreed_exists(final_path):
           final = json.loads(final_path.read_text())
           if final["step"] == start:
             return final

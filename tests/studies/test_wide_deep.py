@@ -113,7 +113,7 @@ def test_study_runs_end_to_end_and_resumes(tmp_path, fake_data, depths):
   assert cross_png.stat().st_size > 1000 and (tmp_path / "analysis" / "resnet8_x1_seed0_cka.png").exists()
 
 
-@pytest.mark.parametrize("variant", ["local", "local_ablation", "local_long", "cifar10_local", "cifar10", "imagenet"])
+@pytest.mark.parametrize("variant", ["local", "local_ablation", "local_long", "cifar10_local", "cifar10", "imagenet", "tiny"])
 def test_every_variant_plans_valid_train_configs(variant):
   cfg = wide_deep.get_config(variant)
   rows = wide_deep.plan(cfg)

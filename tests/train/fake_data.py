@@ -58,7 +58,9 @@ def train_batches(ds, *, batch_size, seed, augment=False, start_step=0):
     step += 1
 
 
-def eval_batches(ds, *, batch_size):
+def eval_batches(ds, *, batch_size, process_index=None, process_count=None):
+  # One process: the whole batch is this process's share, whatever `process_index`/`process_count` say.
+  del process_index, process_count
   n = len(ds.labels)
   for start in range(0, n, batch_size):
     idx = np.arange(start, min(start + batch_size, n))
