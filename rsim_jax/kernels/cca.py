@@ -233,13 +233,12 @@ def _compact(basis: _Basis, cap: int) -> _Basis:
   return _Basis(_pairs.pad_columns(basis.a, width), jnp.pad(basis.w2, (0, width - r)), None)
 
 
-@jax.jit
-def _neurons(a, x):
-  """`Aᵀ X̃` of a (trimmed) basis, with the neuron count zero-padded to a ladder width: zero neurons add
-  nothing to `Σ_j |⟨h_i, x̃_j⟩|`, and equal shapes share one compiled pair loop."""
-  d = x.shape[1]
+@functools.partial(jax.jit, static_argnames="width")
+def _neurons(a, x, *, width):
+  """`Aᵀ X̃` of a (trimmed) basis, `(k, width)`: the neuron count is zero-padded to the model's widest layer
+  (zero neurons add nothing to `Σ_j |⟨h_i, x̃_j⟩|`), so layers group by k alone and share compiled loops."""
   neurons = jnp.matmul(a.T, center_features(x), precision=DEFAULT_PRECISION)
-  return jnp.pad(neurons, ((0, 0), (0, _pairs.bucket_width(d, 2**62) - d)))
+  return jnp.pad(neurons, ((0, 0), (0, width - x.shape[1])))
 
 
 # --- Pair contraction ---
@@ -425,6 +424,7 @@ def _all_pairs(layers_x, layers_y, *, ridge, truncation, with_neurons, pair_fn):
   n = xs[0].shape[0]
 
   def bases(layers, name):
+    widest = max(layer.shape[1] for layer in layers)
     out = []
     for i, layer in enumerate(layers):
       _check_shape_rules(layer.shape, f"{name}[{i}]", ridge=ridge, truncation=truncation)
@@ -432,7 +432,7 @@ def _all_pairs(layers_x, layers_y, *, ridge, truncation, with_neurons, pair_fn):
       _raise_if_degenerate(basis, f"{name}[{i}]", ridge=ridge, truncation=truncation)
       basis = _compact(basis, cap=n)
       if with_neurons:  # after trimming: k·d·n flops instead of min(n, d)·d·n
-        basis = basis._replace(neurons=_neurons(basis.a, layer))
+        basis = basis._replace(neurons=_neurons(basis.a, layer, width=widest))
       out.append(basis)
     return out
 
