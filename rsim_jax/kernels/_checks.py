@@ -73,3 +73,17 @@ def check_finite(x: jax.Array, name: str) -> None:
         f"`{name}` contains {bad} NaN/Inf value(s); statistics of such activations are undefined. "
         "Check the model (diverged training, overflow in low precision) or drop those examples."
     )
+
+
+def validated_pair(x: Any, y: Any, *, min_examples: int | None = None, why: str = "") -> tuple[jax.Array, jax.Array]:
+  """Two `(n, d_x)`, `(n, d_y)` float arrays of the same examples, finite; with `min_examples`, at least that
+  many rows (`why` says what needs them). Raises ValueError naming `x` or `y`."""
+  x, y = as_float_array(x, "x"), as_float_array(y, "y")
+  check_2d(x, "x")
+  check_2d(y, "y")
+  check_same_examples(x, y, "x", "y")
+  if min_examples is not None:
+    check_min_examples(x.shape[0], min_examples, "x", why=why)
+  check_finite(x, "x")
+  check_finite(y, "y")
+  return x, y

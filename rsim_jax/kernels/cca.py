@@ -289,13 +289,7 @@ def _pwcca_pair(bx, by, *, both):
 
 
 def _validated_pair(x, y, *, ridge, truncation):
-  x = _checks.as_float_array(x, "x")
-  y = _checks.as_float_array(y, "y")
-  _checks.check_2d(x, "x")
-  _checks.check_2d(y, "y")
-  _checks.check_same_examples(x, y, "x", "y")
-  _checks.check_finite(x, "x")
-  _checks.check_finite(y, "y")
+  x, y = _checks.validated_pair(x, y)
   _check_shape_rules(x.shape, "x", ridge=ridge, truncation=truncation)
   _check_shape_rules(y.shape, "y", ridge=ridge, truncation=truncation)
   return x, y

@@ -74,17 +74,6 @@ def cka_from_grams(
   return _safe_ratio(_sum2d(kc * lc), norm_x, norm_y, names=("gram_x", "gram_y"), on_undefined=on_undefined)
 
 
-def _validated_pair(x, y):
-  x = _checks.as_float_array(x, "x")
-  y = _checks.as_float_array(y, "y")
-  _checks.check_2d(x, "x")
-  _checks.check_2d(y, "y")
-  _checks.check_same_examples(x, y, "x", "y")
-  _checks.check_finite(x, "x")
-  _checks.check_finite(y, "y")
-  return x, y
-
-
 def cka(
     x: jax.Array,
     y: jax.Array,
@@ -112,7 +101,7 @@ def cka(
   Returns:
     Scalar CKA in [0, 1] (debiased CKA can be slightly negative for unrelated representations).
   """
-  x, y = _validated_pair(x, y)
+  x, y = _checks.validated_pair(x, y)
   _check_on_undefined(on_undefined)
   if kernel == "linear":
     xc, yc = center_features(x), center_features(y)
@@ -145,7 +134,7 @@ def linear_cka_features(
   Returns:
     Scalar linear CKA, equal to `cka(x, y)` up to rounding.
   """
-  x, y = _validated_pair(x, y)
+  x, y = _checks.validated_pair(x, y)
   _check_on_undefined(on_undefined)
   n = x.shape[0]
   if debiased:

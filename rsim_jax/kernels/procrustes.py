@@ -53,18 +53,6 @@ class ProcrustesResult(NamedTuple):
   angle: jax.Array
 
 
-def _validated_pair(x, y):
-  x = _checks.as_float_array(x, "x")
-  y = _checks.as_float_array(y, "y")
-  _checks.check_2d(x, "x")
-  _checks.check_2d(y, "y")
-  _checks.check_same_examples(x, y, "x", "y")
-  _checks.check_min_examples(x.shape[0], 2, "x", why="centring")
-  _checks.check_finite(x, "x")
-  _checks.check_finite(y, "y")
-  return x, y
-
-
 def _factor(x: jax.Array) -> jax.Array:
   """`B` with `BBᵀ = X̂X̂ᵀ`: the centred, unit-norm features themselves when d ≤ n, else `Rᵀ` of `X̂ᵀ = QR`."""
   xc = center_features(x)
@@ -115,7 +103,7 @@ def procrustes(x: jax.Array, y: jax.Array) -> ProcrustesResult:
     ValueError: inputs not 2-D, different example counts, fewer than 2 examples, NaN/Inf or a constant input
       (values checked when concrete; under `jit` a constant input gives NaN).
   """
-  x, y = _validated_pair(x, y)
+  x, y = _checks.validated_pair(x, y, min_examples=2, why="centring")
   bx, by = _factor(x), _factor(y)
   _raise_if_constant(bx, "x")
   _raise_if_constant(by, "y")
