@@ -149,14 +149,16 @@ def test_accelerator_variants_take_one_training_step(variant):
 def test_resnet56_on_digits_has_a_block_and_resnet20_has_none(tmp_path):
   """The smallest configuration that shows the block (RESULTS.md, `local`): ResNet-56 ×1 trained on digits for
   40 epochs with the standard initialisation has a block (dominant PC1 where the untrained net has none, at
-  the same layers); ResNet-20 ×1 trained the same way has none. About 3 minutes on 2 cores."""
+  the same layers); ResNet-20 ×1 trained the same way has none. About 5 minutes on 2 idle cores."""
   base = wide_deep.get_config("local")
+  # One training device, as `make demo` on a CPU: the block depends on the seed (seed 1 of ResNet-56 has none),
+  # so a different summation order over 8 devices is a different training run.
   cfg = wide_deep.WideDeepConfig(
-      train={**base.train, "progress": False}, depths=(20, 56), widths=(1,), width_depths=(), sample_size=360,
-      probe_train_examples=0, pruning=False, cka_batch_size=base.cka_batch_size)
+      train={**base.train, "progress": False, "num_devices": 1}, depths=(20, 56), widths=(1,), width_depths=(),
+      sample_size=360, probe_train_examples=0, pruning=False, cka_batch_size=base.cka_batch_size)
   wide_deep.run(cfg, tmp_path)
   summary = json.loads((tmp_path / "results.json").read_text())["models"]
   deep, shallow = summary["resnet56_x1_seed0"]["blocks"], summary["resnet20_x1_seed0"]["blocks"]
   assert deep["has_block"] and deep["trained"]["size"] >= 10
-  assert deep["trained_pc1_fraction"] > 0.8 and deep["pc1_contrast"] > 0.3
+  assert deep["trained_pc1_fraction"] > 0.7 and deep["pc1_contrast"] > 0.3  # measured: 0.81 against 0.37
   assert not shallow["has_block"]
