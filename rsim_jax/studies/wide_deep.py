@@ -653,6 +653,16 @@ def _ablation_rows(cfg: WideDeepConfig, results: dict) -> list[dict]:
   return rows
 
 
+def _has_block_cell(blocks: dict, train_accuracy: float | None) -> str:
+  """"yes"/"no", flagged when the model did not fit its training set: the paper's blocks are properties of
+  trained networks, and a run that failed to train (a deep net at lr 0.1 without warm-up, sometimes) can show a
+  dominant PC1 of its own."""
+  cell = "**yes**" if blocks["has_block"] else "no"
+  if train_accuracy is not None and train_accuracy < 0.99:
+    cell += f" (not fitted: train acc {train_accuracy:.2f})"
+  return cell
+
+
 def _span(block: dict) -> str:
   return f"{block['start']}–{block['end']} ({block['size']})" if block["size"] else "none"
 
@@ -696,7 +706,7 @@ def write_report(cfg, specs, results, cross, population, figures, workdir: pathl
         f"| {spec.name} | {_fmt(r.get('train_accuracy'))} | {r['test_accuracy']:.3f} | {len(r['layer_names'])} | "
         f"{named} | {_fmt(b['trained_pc1_fraction'], '.2f')} / {_fmt(b['baseline_pc1_fraction'], '.2f')} | "
         f"{_fmt(b['trained_mean_cka'], '.2f')} / {_fmt(b['baseline_mean_cka'], '.2f')} | {_fmt(b['cka_to_rest'], '.2f')} | "
-        f"{_span(b['trained_run'])} / {_span(b['baseline'])} | {'**yes**' if b['has_block'] else 'no'} | {removed} | "
+        f"{_span(b['trained_run'])} / {_span(b['baseline'])} | {_has_block_cell(b, r.get('train_accuracy'))} | {removed} | "
         f"{probe_cell} |"
     )
   lines += ["", "Without a block, the PC1 and CKA columns are read over the trained network's longest similar run."]
