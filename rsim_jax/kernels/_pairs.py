@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rsim_jax.kernels import _checks
+from rsim_jax.kernels import _checks, _sharding
 from rsim_jax.kernels.features import as_features
 
 
@@ -39,7 +39,8 @@ def as_layers(layers: Any, name: str) -> list[jax.Array]:
     raise ValueError(f"`{name}` is empty; pass at least one layer.")
   out = []
   for i, layer in enumerate(layers):
-    arr = as_features(layer, f"{name}[{i}]")
+    # Factorisations (QR, eigh, sorts) need every example on one device: an example-split layer is gathered.
+    arr = _sharding.replicated(as_features(layer, f"{name}[{i}]"))
     _checks.check_finite(arr, f"{name}[{i}]")
     if arr.dtype in (jnp.float16, jnp.bfloat16):
       arr = arr.astype(jnp.float32)

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsim_jax.kernels import _checks
-from rsim_jax.kernels import _pairs
+from rsim_jax.kernels import _pairs, _sharding
 from rsim_jax.kernels.features import center_features
 from rsim_jax.kernels.gram import DEFAULT_PRECISION
 
@@ -290,6 +290,8 @@ def _pwcca_pair(bx, by, *, both):
 
 def _validated_pair(x, y, *, ridge, truncation):
   x, y = _checks.validated_pair(x, y)
+  # QR and eigh need every example on one device: an example-split input is gathered.
+  x, y = _sharding.replicated(x), _sharding.replicated(y)
   _check_shape_rules(x.shape, "x", ridge=ridge, truncation=truncation)
   _check_shape_rules(y.shape, "y", ridge=ridge, truncation=truncation)
   return x, y

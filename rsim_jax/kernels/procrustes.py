@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsim_jax.kernels import _checks
-from rsim_jax.kernels import _pairs
+from rsim_jax.kernels import _pairs, _sharding
 from rsim_jax.kernels.features import center_features
 from rsim_jax.kernels.gram import DEFAULT_PRECISION
 from rsim_jax.kernels.hsic import _sum2d
@@ -104,6 +104,8 @@ def procrustes(x: jax.Array, y: jax.Array) -> ProcrustesResult:
       (values checked when concrete; under `jit` a constant input gives NaN).
   """
   x, y = _checks.validated_pair(x, y, min_examples=2, why="centring")
+  # The thin QR of each layer needs every example on one device: an example-split input is gathered.
+  x, y = _sharding.replicated(x), _sharding.replicated(y)
   bx, by = _factor(x), _factor(y)
   _raise_if_constant(bx, "x")
   _raise_if_constant(by, "y")

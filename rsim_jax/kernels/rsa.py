@@ -34,7 +34,7 @@ import numpy as np
 from jax import lax
 
 from rsim_jax.kernels import _checks
-from rsim_jax.kernels import _pairs
+from rsim_jax.kernels import _pairs, _sharding
 from rsim_jax.kernels.features import center_features
 from rsim_jax.kernels.gram import DEFAULT_PRECISION, squared_distances
 
@@ -108,6 +108,7 @@ def rdm(x: jax.Array, *, metric: str = "correlation") -> jax.Array:
   x = _checks.as_float_array(x, "x")
   _checks.check_2d(x, "x")
   _checks.check_finite(x, "x")
+  x = _sharding.replicated(x)  # the n × n RDM needs every example on one device
   if metric == "correlation" and x.shape[1] < 2:
     raise ValueError(f"`x` has {x.shape[1]} feature(s); the correlation RDM needs at least 2 per example.")
   out = _rdm_jit(x, metric=metric)
@@ -187,8 +188,8 @@ def rdm_similarity(rdm_x: jax.Array, rdm_y: jax.Array, *, method: str = "spearma
     `()` correlation in [−1, 1].
   """
   _check_options("correlation", method)
-  rdm_x = _checks.as_float_array(rdm_x, "rdm_x")
-  rdm_y = _checks.as_float_array(rdm_y, "rdm_y")
+  rdm_x = _sharding.replicated(_checks.as_float_array(rdm_x, "rdm_x"))  # sorts need every entry on one device
+  rdm_y = _sharding.replicated(_checks.as_float_array(rdm_y, "rdm_y"))
   _checks.check_square(rdm_x, "rdm_x")
   _checks.check_square(rdm_y, "rdm_y")
   _checks.check_same_examples(rdm_x, rdm_y, "rdm_x", "rdm_y")
@@ -223,8 +224,8 @@ def rsa(x: jax.Array, y: jax.Array, *, metric: str = "correlation", method: str 
       features under metric='correlation' (concrete values), unknown options.
   """
   _check_options(metric, method)
-  x = _checks.as_float_array(x, "x")
-  y = _checks.as_float_array(y, "y")
+  x = _sharding.replicated(_checks.as_float_array(x, "x"))  # the n × n RDMs need every example on one device
+  y = _sharding.replicated(_checks.as_float_array(y, "y"))
   _checks.check_2d(x, "x")
   _checks.check_2d(y, "y")
   _checks.check_same_examples(x, y, "x", "y")

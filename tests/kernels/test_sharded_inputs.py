@@ -133,6 +133,13 @@ CASES = {
     "pca_gram": Case(lambda x, y: _pca_gram(jnp.tile(x, (1, 8)))),  # n = 64 < d = 96
     "pca_update_merge_result": Case(_pca_stream),
     "participation_ratio": Case(lambda x, y: kernels.participation_ratio(x)),
+    # The other indices gather an example-split input (QR, eigh, sorts and the n × n RDM need every example).
+    "procrustes": Case(lambda x, y: kernels.procrustes(x, y)),
+    "cca": Case(lambda x, y: kernels.cca(x, y).correlations),
+    "svcca": Case(lambda x, y: kernels.svcca(x, y, num_components=4).mean),
+    "rdm": Case(lambda x, y: kernels.rdm(x)),
+    "rsa_spearman": Case(lambda x, y: kernels.rsa(x, y)),
+    "cca_all_pairs": Case(lambda x, y: kernels.cca_all_pairs([x, y]).mean, jit=False),
     "participation_ratio_gram": Case(lambda x, y: kernels.participation_ratio(jnp.tile(x, (1, 8)))),
     "first_pc_fraction": Case(lambda x, y: kernels.first_pc_fraction(x)),
     "first_pc_fraction_gram": Case(lambda x, y: kernels.first_pc_fraction(jnp.tile(x, (1, 8)))),
