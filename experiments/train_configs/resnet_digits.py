@@ -8,7 +8,9 @@ Variants
   cifar10  ResNet-56 ×1 on CIFAR-10, the paper's recipe: SGD momentum 0.9, lr 0.1, batch 128, weight decay 5e-4,
            300 epochs with ×0.1 steps at 50% and 75%, random crop + flip (an accelerator job).
   cifar10_small  ResNet-20 on 2,500 CIFAR-10 images without augmentation: fits the training set on a CPU in
-           minutes (NOTES.md: the block structure needs models that fit their training data).
+           minutes (experiments/wide_deep/RESULTS.md: the block structure needs models that fit their data).
+These single runs zero-initialise the last BatchNorm scale of each block for quick, stable training; that
+suppresses the block structure, so the wide/deep study's variants use the standard initialisation instead.
 """
 
 from rsim_jax.train import TrainConfig
