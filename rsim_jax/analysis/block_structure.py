@@ -56,6 +56,15 @@ def _check_matrix(cka: np.ndarray) -> np.ndarray:
   return cka
 
 
+def _mean_off_diagonal(cka: np.ndarray, start: int, end: int) -> float:
+  """Mean CKA between distinct layers of `[start, end]` (inclusive); NaN for fewer than 2 layers."""
+  size = end - start + 1
+  if size < 2:
+    return float("nan")
+  inner = cka[start : end + 1, start : end + 1]
+  return float(inner[~np.eye(size, dtype=bool)].mean())
+
+
 def find_block(
     cka: np.ndarray,
     *,
@@ -110,9 +119,7 @@ def find_block(
   if best_size < min_size:
     return Block(0, -1, 0, 0.0, float("nan"), threshold, ())
   end = best_start + best_size - 1
-  inner = cka[best_start : end + 1, best_start : end + 1]
-  off_diagonal = ~np.eye(best_size, dtype=bool)
-  mean_cka = float(inner[off_diagonal].mean()) if best_size > 1 else float("nan")
+  mean_cka = _mean_off_diagonal(cka, best_start, end)
   block_names = tuple(names[best_start : end + 1]) if names is not None else ()
   return Block(best_start, end, best_size, best_size / num_layers, mean_cka, threshold, block_names)
 
@@ -275,16 +282,13 @@ def block_vs_baseline(
       return float("nan")
     return float(np.asarray(values, np.float64)[ref.start : ref.end + 1].mean())
 
-  def mean_offdiag(cka):
-    if ref.size < 2:
-      return float("nan")
-    inner = cka[ref.start : ref.end + 1, ref.start : ref.end + 1]
-    return float(inner[~np.eye(ref.size, dtype=bool)].mean())
-
-  cka_to_rest = float(trained_cka[block.start : block.end + 1, : block.start].mean()) if block.size and block.start else float("nan")
+  cka_to_rest = float("nan")
+  if block.size and block.start:  # the block against every layer before it
+    cka_to_rest = float(trained_cka[block.start : block.end + 1, : block.start].mean())
   return BlockComparison(
       trained=block, baseline=baseline, trained_run=run, size_gain=block.size - baseline.size,
       trained_pc1_fraction=mean_over(trained_pc1), baseline_pc1_fraction=mean_over(baseline_pc1),
-      trained_mean_cka=mean_offdiag(trained_cka), baseline_mean_cka=mean_offdiag(baseline_cka),
+      trained_mean_cka=_mean_off_diagonal(trained_cka, ref.start, ref.end),
+      baseline_mean_cka=_mean_off_diagonal(baseline_cka, ref.start, ref.end),
       cka_to_rest=cka_to_rest, min_pc1=min_pc1, min_pc1_gain=min_pc1_gain, min_size=min_size,
   )

@@ -157,10 +157,10 @@ class WideDeepConfig:
 
 def get_config(variant: str = "local") -> WideDeepConfig:
   """The study's variants: "local" (digits, the demo), "local_ablation" (digits: the recipe vs zero-init
-  BatchNorm and vs warm-up), "local_wide" (digits, ResNet-20 ×1/×2/×4),
-  "local_long" (digits, 3× the epochs), "cifar10_local" (CIFAR-10 subset, CPU), "cifar10" (the paper's grid),
-  "imagenet" (ImageNet ResNets), "tiny" (seconds; the multi-host test). Every variant uses the standard initialisation of the papers' ResNets (He
-  et al. 2016: BatchNorm scales 1); zero-init is the ablation."""
+  BatchNorm and vs warm-up), "local_wide" (digits, ResNet-20 ×1/×2/×4), "local_long" (digits, 3× the epochs),
+  "cifar10_local" (CIFAR-10 subset, CPU), "cifar10" (the paper's grid),
+  "imagenet" (ImageNet ResNets), "tiny" (seconds; the multi-host test). Every variant uses the standard
+  initialisation of the papers' ResNets (He et al. 2016: BatchNorm scales 1); zero-init is an ablation."""
   if variant == "local":
     # The demo (experiments/wide_deep/RESULTS.md, "local"): digits at 8×8 with the papers' recipe — standard
     # initialisation (BatchNorm scales 1) and no warm-up; zero-init of the last BN scale or 2 warm-up epochs
@@ -250,8 +250,8 @@ def get_config(variant: str = "local") -> WideDeepConfig:
         cka_batch_size=16, sample_size=120, probe_train_examples=100,
     )
   raise ValueError(
-      f"Unknown wide_deep variant {variant!r}; choose 'local', 'local_ablation', 'local_wide', 'local_long', 'cifar10_local', "
-      "'cifar10', 'imagenet' or 'tiny'."
+      f"Unknown wide_deep variant {variant!r}; choose 'local', 'local_ablation', 'local_wide', 'local_long', "
+      "'cifar10_local', 'cifar10', 'imagenet' or 'tiny'."
   )
 
 
@@ -543,7 +543,8 @@ def run(cfg: WideDeepConfig, workdir: io.PathLike):
     print(f"cross-model CKA ({kind}): {a.name} vs {b.name}", flush=True)
     cross.append({"kind": kind, **cross_analysis(cfg, a, b, workdir, results)})
   population = population_analysis(cfg, results)
-  figures = _figures(cfg, specs, results, workdir)
+  ablations = _ablation_rows(cfg, results)
+  figures = _figures(cfg, specs, results, ablations, workdir)
   if population:
     figures.append(plotting.output_differences(
         population["error_rate_a"], population["error_rate_b"], population["classes"]["accuracy_a"],
@@ -554,15 +555,15 @@ def run(cfg: WideDeepConfig, workdir: io.PathLike):
   summary = {
       "models": {name: {k: v for k, v in r.items() if not k.startswith("cka_") and k not in ("predictions", "labels")}
                  for name, r in results.items()},
-      "ablations": _ablation_rows(cfg, results),
+      "ablations": ablations,
       "cross": [{k: v for k, v in c.items() if k != "cross_cka"} for c in cross],
       "population": population,
   }
   io.write_json(workdir / "results.json", summary, indent=1)
-  return write_report(cfg, specs, results, cross, population, figures, workdir)
+  return write_report(cfg, specs, results, cross, population, ablations, figures, workdir)
 
 
-def _figures(cfg, specs, results, workdir) -> list[pathlib.Path]:
+def _figures(cfg, specs, results, ablations, workdir) -> list[pathlib.Path]:
   figures = []
   for fraction in cfg.train_fractions:
     for seed in cfg.seeds:
@@ -618,10 +619,9 @@ def _figures(cfg, specs, results, workdir) -> list[pathlib.Path]:
       figures.append(plotting.metric_lines(fractions, pc1_max, workdir / "pc1_vs_dataset_size.png", log_x=True,
                                            xlabel="training-set fraction", ylabel="largest PC1 fraction of any layer",
                                            title="dataset size and the first principal component"))
-  rows = _ablation_rows(cfg, results)
-  if rows and cfg.sample_size:
+  if ablations and cfg.sample_size:
     profiles, styles = {}, {}
-    for row in rows:
+    for row in ablations:
       for k, (name, r) in enumerate(row["runs"].items()):
         key = f"{row['label']} {name}, seed {row['seed']}"
         profiles[key] = r["pc1_fraction"]
@@ -671,15 +671,15 @@ def _fmt(x, spec=".3f") -> str:
   return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, spec)
 
 
-def write_report(cfg, specs, results, cross, population, figures, workdir: pathlib.Path) -> pathlib.Path:
+def write_report(cfg, specs, results, cross, population, ablations, figures, workdir: pathlib.Path) -> pathlib.Path:
   lines = [
       "# Wide vs deep: within-model CKA, block structure and what it means",
       "",
-      f"Block = at least {cfg.block_min_size} contiguous layers with all pairwise minibatch CKA ≥ {cfg.block_threshold} "
-      "(test split), each",
-      f"with a first principal component carrying ≥ {cfg.block_min_pc1} of its variance and ≥ {cfg.block_min_pc1_gain} "
-      "more than the same",
-      "network at initialisation at the same layer (`analysis.block_structure.block_vs_baseline`). The untrained",
+      f"Block = at least {cfg.block_min_size} contiguous layers with all pairwise minibatch CKA ≥ "
+      f"{cfg.block_threshold} (test split),",
+      f"each with a first principal component carrying ≥ {cfg.block_min_pc1} of its variance and ≥ "
+      f"{cfg.block_min_pc1_gain} more than the",
+      "same network at initialisation at the same layer (`analysis.block_structure.block_vs_baseline`). The untrained",
       "network (same architecture and seed) is the baseline every number is read against: its own longest similar",
       "run is listed for reference (deep untrained nets have long runs of trivially similar neighbours elsewhere).",
       f"PC1 and probe numbers are on a random sample of {cfg.sample_size} test examples; probes are ridge classifiers",
@@ -700,32 +700,31 @@ def write_report(cfg, specs, results, cross, population, figures, workdir: pathl
       acc = np.array(r["probe_accuracy"])
       inside = acc[b["trained"]["start"] : b["trained"]["end"] + 1] if b["trained"]["size"] else np.array([])
       probe_cell = f"{_fmt(float(inside.mean()) if inside.size else None)} / {acc[-1]:.3f}"
-    named = f"{_span(b['trained'])}" + (f" {b['trained']['names'][0]} … {b['trained']['names'][-1]}"
+    named = _span(b["trained"]) + (f" {b['trained']['names'][0]} … {b['trained']['names'][-1]}"
                                        if b["trained"]["size"] and b["trained"].get("names") else "")
     lines.append(
         f"| {spec.name} | {_fmt(r.get('train_accuracy'))} | {r['test_accuracy']:.3f} | {len(r['layer_names'])} | "
         f"{named} | {_fmt(b['trained_pc1_fraction'], '.2f')} / {_fmt(b['baseline_pc1_fraction'], '.2f')} | "
-        f"{_fmt(b['trained_mean_cka'], '.2f')} / {_fmt(b['baseline_mean_cka'], '.2f')} | {_fmt(b['cka_to_rest'], '.2f')} | "
-        f"{_span(b['trained_run'])} / {_span(b['baseline'])} | {_has_block_cell(b, r.get('train_accuracy'))} | {removed} | "
-        f"{probe_cell} |"
+        f"{_fmt(b['trained_mean_cka'], '.2f')} / {_fmt(b['baseline_mean_cka'], '.2f')} | "
+        f"{_fmt(b['cka_to_rest'], '.2f')} | {_span(b['trained_run'])} / {_span(b['baseline'])} | "
+        f"{_has_block_cell(b, r.get('train_accuracy'))} | {removed} | {probe_cell} |"
     )
   lines += ["", "Without a block, the PC1 and CKA columns are read over the trained network's longest similar run."]
-  rows = _ablation_rows(cfg, results)
-  if rows:
+  if ablations:
     names = ["standard", *cfg.ablations]
     lines += ["", "## Recipe ablations: the study's recipe (standard) vs " + ", ".join(
                   f"`{k}` ({json.dumps(dict(v))})" for k, v in cfg.ablations.items()), "",
               f"| model | seed | {' | '.join(f'{n}: train / test acc, largest PC1, block' for n in names)} |",
               "|---|---:|" + "---|" * len(names)]
-    for row in rows:
+    for row in ablations:
       cells = [f"{_fmt(r['train_accuracy'])} / {r['test_accuracy']:.3f}, {_fmt(r['max_pc1'], '.2f')}, "
                f"{_span(r['block'])}" for r in row["runs"].values()]
       lines.append(f"| {row['label']} | {row['seed']} | {' | '.join(cells)} |")
   pruned = [spec for spec in specs if results[spec.name].get("pruning")]
   if pruned:
     lines += ["", "## Block pruning: test accuracy with one residual block deleted (no fine-tuning)", "",
-              "Inside = residual blocks whose output layer lies in the detected block (none without a block). Cumulative: the last k removable "
-              "blocks deleted together.", "",
+              "Inside = residual blocks whose output layer lies in the detected block (none without a block). "
+              "Cumulative: the last k removable blocks deleted together.", "",
               "| model | full acc | blocks inside / outside | mean drop inside | mean drop outside | max drop | "
               "acc. with last 25% / 50% deleted |", "|---|---:|---|---:|---:|---:|---|"]
     for spec in pruned:
