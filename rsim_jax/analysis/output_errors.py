@@ -11,6 +11,12 @@ seed changes? Two questions, each against the seed-to-seed baseline:
   tests on the 2×2 tables (errors / correct × A / B), with Benjamini–Hochberg control of the false discovery
   rate.
 * Per class: each model's accuracy on each class; Welch's t-test of A vs B per class, Benjamini–Hochberg.
+
+Library use: Benjamini–Hochberg is `scipy.stats.false_discovery_control`, Fisher's test `scipy.stats.fisher_exact`,
+Welch's `scipy.stats.ttest_ind`. The permutation test is written here, vectorised over the permutations with
+NumPy, rather than `scipy.stats.permutation_test`, because scipy needs at least two observations per group and
+the seed-split baseline of a 3-seed population (the local study) has a one-model half; it draws the same
+permutations as successive `rng.permutation` calls, so a seed gives the p-values it always gave.
 """
 
 from __future__ import annotations
@@ -55,16 +61,27 @@ def per_class_accuracy(predictions, labels, *, num_classes: int | None = None) -
 
 
 def benjamini_hochberg(p_values: np.ndarray, *, alpha: float = 0.05) -> np.ndarray:
-  """Boolean mask of discoveries at false discovery rate `alpha` (Benjamini & Hochberg 1995)."""
-  p = np.asarray(p_values, np.float64)
-  m = p.size
-  order = np.argsort(p)
-  thresholds = alpha * np.arange(1, m + 1) / m
-  below = p[order] <= thresholds
-  k = np.max(np.nonzero(below)[0]) + 1 if below.any() else 0
-  discoveries = np.zeros(m, bool)
-  discoveries[order[:k]] = True
-  return discoveries
+  """Boolean mask of discoveries at false discovery rate `alpha` (Benjamini & Hochberg 1995).
+
+  With the m p-values sorted, p_(1) ≤ … ≤ p_(m), the discoveries are the k smallest,
+  k = max{i : p_(i) ≤ α·i/m} (none if no i qualifies): the p-values whose BH-adjusted value
+  `scipy.stats.false_discovery_control(p)` is ≤ α, which is how it is computed.
+
+  Args:
+    p_values: `(m,)` p-values in [0, 1] (no NaN).
+    alpha: the false discovery rate, in (0, 1).
+
+  Returns:
+    `(m,)` bool, True for the discoveries.
+  """
+  if not 0 < alpha < 1:
+    raise ValueError(f"`alpha` must be a false discovery rate in (0, 1), got {alpha}.")
+  p = np.asarray(p_values, np.float64).reshape(-1)
+  if p.size == 0:
+    return np.zeros(0, bool)
+  if not np.all((p >= 0) & (p <= 1)):  # NaN fails too
+    raise ValueError("`p_values` must lie in [0, 1] (no NaN); map undefined tests to 1 (no evidence) first.")
+  return stats.false_discovery_control(p, method="bh") <= alpha
 
 
 def _fisher_p_values(errors_a: np.ndarray, n_a: int, errors_b: np.ndarray, n_b: int) -> np.ndarray:
@@ -79,17 +96,35 @@ def _fisher_p_values(errors_a: np.ndarray, n_a: int, errors_b: np.ndarray, n_b: 
   return out
 
 
+def _split_statistics(pooled_errors: np.ndarray, perms: np.ndarray, n_a: int) -> np.ndarray:
+  """`(P,)` T = Σ_i (ē_A,i − ē_B,i)² for each row of `perms` `(P, M)`: A = the models perms[:, :n_a], B the rest.
+
+  Group means are error counts (sums of 0/1, exact in float64: by a selection-matrix product for A, the total
+  minus A's for B) over the group size, the values `np.mean` gives.
+  """
+  m = len(pooled_errors)
+  in_a = np.zeros((len(perms), m))
+  in_a[np.arange(len(perms))[:, None], perms[:, :n_a]] = 1.0
+  count_a = in_a @ pooled_errors
+  diff = count_a / n_a - (pooled_errors.sum(0) - count_a) / (m - n_a)
+  return np.sum(diff * diff, axis=-1)
+
+
 def _permutation_test(pooled_errors: np.ndarray, n_a: int, *, num_permutations: int, rng) -> tuple[float, float]:
-  """Observed `T` for the split [:n_a] | [n_a:] and its permutation p-value."""
+  """Observed `T` for the split [:n_a] | [n_a:] of the `(M, N)` errors and its permutation p-value.
 
-  def statistic(errors_a, errors_b):
-    return float(np.sum((errors_a.mean(0) - errors_b.mean(0)) ** 2))
-
-  observed = statistic(pooled_errors[:n_a], pooled_errors[n_a:])
+  p = (1 + #{b : T_b ≥ T}) / (1 + B) over B = `num_permutations` random relabellings (Phipson & Smyth 2010),
+  the estimator of `scipy.stats.permutation_test(..., alternative="greater")` when it samples. The relabellings are
+  `rng.permuted` rows, the same permutations as B successive `rng.permutation(M)` calls; T is computed for
+  blocks of them at once.
+  """
+  m, n = pooled_errors.shape
+  observed = float(_split_statistics(pooled_errors, np.arange(m)[None], n_a)[0])
+  perms = rng.permuted(np.broadcast_to(np.arange(m), (num_permutations, m)), axis=1)
+  block = max(1, (1 << 22) // max(1, n))  # ≤ 4M float64 per (block, N) intermediate
   count = 0
-  for _ in range(num_permutations):
-    perm = rng.permutation(len(pooled_errors))
-    count += statistic(pooled_errors[perm[:n_a]], pooled_errors[perm[n_a:]]) >= observed
+  for s in range(0, num_permutations, block):
+    count += int(np.sum(_split_statistics(pooled_errors, perms[s : s + block], n_a) >= observed))
   return observed, (count + 1) / (num_permutations + 1)
 
 
@@ -127,7 +162,11 @@ def compare_example_errors(
   """Do populations A and B `(M_A, N)`, `(M_B, N)` err on different examples? (see the module docstring).
 
   The baseline splits A into two random halves, so it needs M_A ≥ 4 to mean anything.
+  `num_permutations` relabellings (≥ 1) per permutation test; `seed` fixes them and the split.
   """
+  if isinstance(num_permutations, bool) or not isinstance(num_permutations, (int, np.integer)) or num_permutations < 1:
+    raise ValueError(f"`num_permutations` must be a positive int (999 gives p-values in steps of 0.001), got "
+                     f"{num_permutations!r}.")
   labels = np.asarray(labels)
   a = _check_population(predictions_a, labels, "predictions_a")
   b = _check_population(predictions_b, labels, "predictions_b")
