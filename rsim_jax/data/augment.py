@@ -7,8 +7,8 @@ step and split over any number of processes, and the vectorised batch path (`cif
 exactly what the per-example path (`cifar_augment`) gives.
 
 Transforms (H, W, C are height, width, channels; images are uint8 in [0, 255]):
-  resize_images       `(N, H, W, C)` → `(N, S, S, C)`: "nearest" (pixel replication), "bilinear" (PIL's
-                      triangle filter, antialiased when shrinking) or "pad" (zero border, centred).
+  resize_images       `(N, H, W, C)` → `(N, S, S, C)`: "nearest" (pixel replication, the data sets' default),
+                      "bilinear" (Pillow's, see below) or "pad" (zero border, centred).
   convert_channels    1 → 3 (repeat) or 3 → 1 (ITU-R 601 luma, as PIL's "L").
   cifar_augment[_batch]  zero-pad by p, random p-shifted crop back to H×W, horizontal flip with prob. ½
                       (He et al. 2016, "Deep Residual Learning", §4.2; p = 4 for 32×32).
@@ -17,6 +17,15 @@ Transforms (H, W, C are height, width, channels; images are uint8 in [0, 255]):
                       (Szegedy et al. 2015, "Going Deeper with Convolutions"; torchvision's RandomResizedCrop).
   center_crop         evaluation: shorter side resized to R (bilinear), centre S×S crop (R=256, S=224).
   normalize           `(x/255 − mean) / std` per channel → float32.
+
+Bilinear resizing, everywhere (resize_images "bilinear", inception_crop, center_crop), is Pillow's
+`Image.resize(size, Resampling.BILINEAR, box=...)`: a triangle filter of half-width max(1, in/out) input pixels
+around each output pixel's centre (antialiased when shrinking), weights normalised, applied in two separable
+passes in 8-bit fixed point. Pillow is a declared dependency (pyproject.toml) rather than re-implemented: its
+output is the reference (torchvision's ImageNet transforms resize PIL images with it), an exact NumPy port would
+have to copy its fixed-point rounding, and its C loop keeps the per-image ImageNet pipeline fast. (A float NumPy
+version of the same filter, used by resize_images until now, was within 1 grey level of it; no recorded result
+used "bilinear": the data sets resize with "nearest".)
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import functools
 import math
 
 import numpy as np
+from PIL import Image
 
 # --- Per-example randomness ---
 
@@ -132,16 +142,6 @@ def cifar_augment(image: np.ndarray, key, *, padding: int | None = None) -> np.n
 # --- Resizing ---
 
 
-def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """`(n_out, n_in)` weights of PIL's bilinear (triangle) filter, half-pixel centres, antialiased when shrinking."""
-  scale = n_in / n_out
-  support = max(scale, 1.0)
-  centres = (np.arange(n_out) + 0.5) * scale  # in input pixel units
-  x = np.arange(n_in) + 0.5
-  weights = np.maximum(0.0, 1.0 - np.abs(x[None, :] - centres[:, None]) / support)
-  return weights / weights.sum(1, keepdims=True)
-
-
 def resize_images(images: np.ndarray, size: int | tuple[int, int], method: str = "nearest") -> np.ndarray:
   """Resizes uint8 `(N, H, W, C)` images to `(N, S_h, S_w, C)`.
 
@@ -149,8 +149,8 @@ def resize_images(images: np.ndarray, size: int | tuple[int, int], method: str =
     images: uint8 `(N, H, W, C)`.
     size: S or `(S_h, S_w)`.
     method: "nearest" (output pixel i takes input ⌊i·H/S⌋: exact replication for integer factors),
-      "bilinear" (separable triangle filter as PIL's `Image.BILINEAR`, rounded to uint8) or "pad" (zero border
-      around the centred image; S must be ≥ H, W).
+      "bilinear" (Pillow's antialiased bilinear resize of each image, see the module docstring) or "pad" (zero
+      border around the centred image; S must be ≥ H, W).
   """
   sh, sw = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
   if sh < 1 or sw < 1:
@@ -168,14 +168,9 @@ def resize_images(images: np.ndarray, size: int | tuple[int, int], method: str =
     top, left = (sh - h) // 2, (sw - w) // 2
     return np.pad(images, ((0, 0), (top, sh - h - top), (left, sw - w - left), (0, 0)))
   if method == "bilinear":
-    rh = _bilinear_matrix(h, sh).astype(np.float32)
-    rw = _bilinear_matrix(w, sw).astype(np.float32)
     out = np.empty((n, sh, sw, c), np.uint8)
-    chunk = max(1, (1 << 24) // max(1, sh * sw * c))
-    for s in range(0, n, chunk):
-      x = images[s : s + chunk].astype(np.float32)
-      y = np.einsum("oh,nhwc,pw->nopc", rh, x, rw, optimize=True)
-      out[s : s + chunk] = np.clip(np.rint(y), 0, 255).astype(np.uint8)
+    for i in range(n):
+      out[i] = _pil_resize(images[i], (sh, sw))
     return out
   raise ValueError(f"`resize` must be 'nearest', 'bilinear' or 'pad', got {method!r}.")
 
@@ -197,13 +192,20 @@ def convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
 
 
 def _pil_resize(image: np.ndarray, size: tuple[int, int], box=None) -> np.ndarray:
-  """Bilinear (antialiased) resize of one uint8 `(H, W, C)` image, optionally of the crop `box` (l, t, r, b)."""
-  from PIL import Image  # noqa: PLC0415  (Pillow comes with matplotlib)
+  """Pillow's bilinear (antialiased) resize of one uint8 `(H, W, C)` image to `(size[0], size[1], C)`.
 
-  grey = image.shape[-1] == 1
-  pil = Image.fromarray(image[..., 0] if grey else image)
-  out = np.asarray(pil.resize((size[1], size[0]), Image.BILINEAR, box=box))
-  return out[..., None] if grey else out
+  `box` = (left, top, right, bottom) resizes that crop instead. Colour images go through as "RGB"; any other
+  channel count channel by channel as "L" (Pillow resizes the channels of an "RGB" image independently with the
+  same weights, so this is the same filter; "RGBA" would premultiply alpha).
+  """
+  image = np.asarray(image, np.uint8)
+  if image.shape[-1] == 3:
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box))
+  out = np.empty((size[0], size[1], image.shape[-1]), np.uint8)
+  for ch in range(image.shape[-1]):
+    grey = Image.fromarray(np.ascontiguousarray(image[..., ch]))
+    out[..., ch] = np.asarray(grey.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box))
+  return out
 
 
 # --- ImageNet ---

@@ -565,7 +565,7 @@ def load(
     data_dir: where named npz folders are looked for first; the tfds data directory.
     image_size: resize to `image_size × image_size` (digits 8 → 16 or 32, MNIST 28 → 32).
     channels: 1 or 3: repeat a grey channel to 3, or convert colour to grey (luma).
-    resize: "nearest" (pixel replication), "bilinear" (PIL-style, antialiased) or "pad" (zero border).
+    resize: "nearest" (pixel replication), "bilinear" (Pillow's, antialiased) or "pad" (zero border).
     download: let tensorflow-datasets download and prepare a missing tfds set (needs a network).
 
   Returns:

@@ -48,16 +48,37 @@ def test_crop_is_a_window_of_the_padded_image_and_matches_per_example():
   assert augment.default_padding(32) == 4 and augment.default_padding(28) == 4 and augment.default_padding(8) == 1
 
 
-def test_resize_matches_pillow_bilinear():
-  images = _images(n=3, h=8, w=8, c=3, seed=1)
-  for size in (16, 32, 5):
-    ours = data.resize_images(images, size, "bilinear")
-    for im, o in zip(images, ours):
-      ref = np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR))
-      assert np.abs(ref.astype(int) - o).max() <= 1, size
+def _triangle_matrix(n_in, n_out):
+  """Reference `(n_out, n_in)` weights of the antialiased triangle filter, from its definition: output pixel o
+  (centre c_o = (o + ½)·n_in/n_out) weighs input pixel x (centre x + ½) by max(0, 1 − |x + ½ − c_o| / s),
+  s = max(1, n_in/n_out), normalised to sum 1."""
+  scale = n_in / n_out
+  support = max(scale, 1.0)
+  centres = (np.arange(n_out) + 0.5) * scale
+  w = np.maximum(0.0, 1.0 - np.abs(np.arange(n_in)[None] + 0.5 - centres[:, None]) / support)
+  return w / w.sum(1, keepdims=True)
+
+
+def test_bilinear_resize_is_pillows_and_the_triangle_filter():
+  for c in (1, 2, 3):
+    images = _images(n=3, h=8, w=12, c=c, seed=c)
+    for size in (16, 32, 5, (6, 20)):
+      sh, sw = (size, size) if isinstance(size, int) else size
+      ours = data.resize_images(images, size, "bilinear")
+      assert ours.shape == (3, sh, sw, c) and ours.dtype == np.uint8
+      for im, o in zip(images, ours):
+        for ch in range(c):  # Pillow on each channel as an "L" image: the reference, bit for bit
+          ref = np.asarray(Image.fromarray(im[..., ch]).resize((sw, sh), Image.Resampling.BILINEAR))
+          np.testing.assert_array_equal(o[..., ch], ref, err_msg=f"{c} channels, size {size}")
+        # The filter's definition in float; Pillow's 8-bit fixed-point passes round to within 1 grey level of it.
+        exact = np.einsum("oh,hwc,pw->opc", _triangle_matrix(8, sh), im.astype(float), _triangle_matrix(12, sw))
+        assert np.abs(exact - o).max() <= 1.0, (c, size)
+  # A hand-computed value: halving [0, 100, 200, 250] weighs (3, 3, 1, 0)/7 and (0, 1, 3, 3)/7 → 71.4, 207.1.
+  ramp = np.tile(np.array([0, 100, 200, 250], np.uint8), (4, 1))[None, ..., None]
+  np.testing.assert_array_equal(data.resize_images(ramp, (4, 2), "bilinear")[0, :, :, 0], [[71, 207]] * 4)
   const = np.full((2, 8, 8, 1), 77, np.uint8)
   assert (data.resize_images(const, 20, "bilinear") == 77).all()
-  np.testing.assert_array_equal(data.resize_images(images, 16, "nearest")[:, ::2, ::2], images)
+  np.testing.assert_array_equal(data.resize_images(_images(c=3), 16, "nearest")[:, ::2, ::2], _images(c=3))
 
 
 def test_convert_channels():
@@ -132,8 +153,11 @@ def test_center_crop_resizes_the_shorter_side_then_cuts_the_centre():
   image = _photo(300, 400)
   out = data.center_crop(image)
   assert out.shape == (224, 224, 3)
-  ref = np.asarray(Image.fromarray(image).resize((341, 256), Image.BILINEAR))
+  ref = np.asarray(Image.fromarray(image).resize((341, 256), Image.Resampling.BILINEAR))
   np.testing.assert_array_equal(out, ref[16:240, 58:282])
+  grey = data.center_crop(image[..., 1:2], size=64, resize_size=73)  # one channel: Pillow's "L", same filter
+  ref = np.asarray(Image.fromarray(image).resize((97, 73), Image.Resampling.BILINEAR))[..., 1:2]
+  np.testing.assert_array_equal(grey, ref[4:68, 16:80])
   np.testing.assert_array_equal(data.center_crop(image), out)
   assert data.center_crop(_photo(500, 200), size=32).shape == (32, 32, 3)
   with pytest.raises(ValueError, match="`resize_size`"):
