@@ -18,6 +18,7 @@ from rsim_jax import models
 
 SCHEDULES = ("cosine", "step", "constant")
 DTYPES = ("float32", "bfloat16")
+WEIGHT_DECAY_ON = ("all", "kernels")
 
 
 def _freeze(value: Any) -> Any:
@@ -59,6 +60,14 @@ class TrainConfig:
       `step_boundaries`), or "constant".
     weight_decay, decoupled_weight_decay: L2 penalty `λ/2·|θ|²` added to the loss gradient (PyTorch SGD), or
       decoupled decay `θ ← θ − η_t·λ·θ` outside the momentum (SGDW, Loshchilov & Hutter 2019).
+    weight_decay_on: which parameters θ decay. "all": every parameter, BatchNorm scales and biases and the
+      conv/dense biases included (as PyTorch's `SGD(model.parameters(), weight_decay=λ)`). "kernels": the conv
+      and dense kernels only (an optax mask on the parameters named `kernel`, `optim.weight_decay_mask`), as
+      big_vision (default `wd_mults` ".*/kernel$") and Flax's ImageNet example (weights of ndim > 1) do; the
+      TF official ResNet excludes the BatchNorm variables (its `exclude_batch_norm` loss filter; the one dense
+      bias still decays there). The papers' TF recipe excludes BN (set "kernels"); "all" is the default for
+      the recorded results (experiments/*/RESULTS.md were measured with it) until they are re-measured.
+      Configs saved before this field existed read as "all", so their runs still resume.
     momentum, nesterov, label_smoothing.
     until_zero_train_error: after `num_epochs`, keep training (at the schedule's final learning rate) until
       the error on the whole training set (eval mode) is 0, checked once an epoch, up to `max_epochs`
@@ -95,6 +104,7 @@ class TrainConfig:
   step_factor: float = 0.1
   weight_decay: float = 5e-4
   decoupled_weight_decay: bool = False
+  weight_decay_on: str = "all"
   momentum: float = 0.9
   nesterov: bool = False
   label_smoothing: float = 0.0
@@ -135,6 +145,9 @@ class TrainConfig:
       bad(f"num_steps={self.num_steps} must be >= 1.")
     if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
       bad("need lr > 0, weight_decay >= 0 and 0 <= momentum < 1.")
+    if self.weight_decay_on not in WEIGHT_DECAY_ON:
+      bad(f"weight_decay_on={self.weight_decay_on!r}; choose one of {WEIGHT_DECAY_ON} (\"all\": every parameter, "
+          "\"kernels\": conv and dense kernels only).")
     if not 0 <= self.label_smoothing < 1:
       bad(f"label_smoothing={self.label_smoothing} must be in [0, 1).")
     if not 0 <= self.end_lr_fraction <= 1 or self.warmup_epochs < 0:

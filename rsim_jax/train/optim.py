@@ -36,14 +36,35 @@ def learning_rate_schedule(config: TrainConfig, total_steps: int, warmup_steps: 
   return optax.join_schedules([warmup, main], [warmup_steps])
 
 
+def weight_decay_mask(params):
+  """Pytree of bools shaped like `params` (a pure dict of an NNX model): True for the leaves named `kernel`.
+
+  In `rsim_jax.models` those are exactly the conv kernels `(kh, kw, c_in, c_out)` and dense kernels
+  `(c_in, c_out)`; BatchNorm `scale`/`bias` and conv/dense `bias` are False (`weight_decay_on="kernels"`).
+  """
+  def is_kernel(path, _):
+    last = path[-1] if path else None
+    return getattr(last, "key", getattr(last, "name", None)) == "kernel"
+
+  return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+
 def make_optimizer(config: TrainConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
   """SGD with (Nesterov) momentum and weight decay λ:
 
     coupled (L2, PyTorch `SGD(weight_decay=λ)`):  g ← g + λθ;  m ← μm + g;  θ ← θ − η_t m
     decoupled (SGDW):                             m ← μm + g;  θ ← θ − η_t (m + λθ)
+
+  on every parameter θ (`weight_decay_on="all"`) or on the kernels only ("kernels": the λθ term is masked by
+  `weight_decay_mask`, the other parameters get plain momentum SGD).
   """
   momentum = optax.trace(decay=config.momentum, nesterov=config.nesterov) if config.momentum else optax.identity()
-  decay = optax.add_decayed_weights(config.weight_decay) if config.weight_decay else optax.identity()
+  if not config.weight_decay:
+    decay = optax.identity()
+  elif config.weight_decay_on == "kernels":
+    decay = optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask)
+  else:  # "all": unmasked, as the recorded runs were trained (their checkpoints hold this optimizer state)
+    decay = optax.add_decayed_weights(config.weight_decay)
   parts = [momentum, decay] if config.decoupled_weight_decay else [decay, momentum]
   return optax.chain(*parts, optax.scale_by_learning_rate(schedule))
 

@@ -1,3 +1,4 @@
+import json
 import pathlib
 
 import jax
@@ -5,9 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
+from rsim_jax import models
 from rsim_jax.train import TrainConfig, cross_entropy, learning_rate_schedule, load_config, make_optimizer
+from rsim_jax.train import loop
 from rsim_jax.train.config import parse_override
+from rsim_jax.train.optim import weight_decay_mask
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "train_configs"
 
@@ -33,6 +38,7 @@ def test_config_json_round_trip():
     (dict(until_zero_train_error=True, max_epochs=20), "final learning rate"),
     (dict(label_smoothing=1.0), "label_smoothing"),
     (dict(num_steps=0), "num_steps"),
+    (dict(weight_decay_on="no_bn"), "weight_decay_on='no_bn'.*'all', 'kernels'"),
 ])
 def test_config_validation(changes, match):
   with pytest.raises(ValueError, match=match):
@@ -110,6 +116,70 @@ def test_sgd_momentum_weight_decay(decoupled):
       m = mu * m + np.asarray(g) + wd * ref
       ref = ref - lr * m
   np.testing.assert_allclose(theta["w"], ref, rtol=1e-6)
+
+
+def _small_resnet_params():
+  """A ResNet-8's parameters (pure dict) and, from its module types, the paths of the conv/dense kernels and of
+  every other parameter (BatchNorm scale/bias, dense bias)."""
+  model = models.build("resnet", {"depth": 8}, rngs=nnx.Rngs(0), image_shape=(8, 8, 1), num_classes=10)
+  kernels, others = set(), set()
+  for path, module in nnx.iter_modules(model):
+    if isinstance(module, (nnx.Conv, nnx.Linear)):
+      kernels.add((*path, "kernel"))
+      if module.bias is not None:
+        others.add((*path, "bias"))
+    elif isinstance(module, nnx.BatchNorm):
+      others |= {(*path, "scale"), (*path, "bias")}
+  _, params, _ = nnx.split(model, nnx.Param, ...)
+  return nnx.to_pure_dict(params), kernels, others
+
+
+def _leaves(tree):
+  """{path of keys: leaf}."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {tuple(getattr(k, "key", k) for k in path): leaf for path, leaf in flat}
+
+
+def test_weight_decay_mask_selects_the_conv_and_dense_kernels():
+  params, kernels, others = _small_resnet_params()
+  mask = _leaves(weight_decay_mask(params))
+  assert set(mask) == kernels | others and not kernels & others  # every parameter accounted for, once
+  assert {p for p, m in mask.items() if m} == kernels
+  assert len(kernels) == 1 + 3 * 2 + 2 + 1  # stem, 3 blocks × 2 convs, 2 projections, head
+  assert any(p[-2:] == ("head", "bias") for p in others) and sum(p[-1] == "scale" for p in others) == 9
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("weight_decay_on", ["all", "kernels"])
+def test_weight_decay_on_changes_exactly_the_selected_leaves(weight_decay_on, decoupled):
+  # Zero gradients: the only change in one step is the decay θ ← θ − η·λ·θ, coupled or decoupled alike (the
+  # momentum starts at 0), on the leaves `weight_decay_on` selects.
+  lr, wd = 0.1, 0.01
+  config = TrainConfig(lr=lr, weight_decay=wd, weight_decay_on=weight_decay_on, decoupled_weight_decay=decoupled)
+  params, kernels, _ = _small_resnet_params()
+  rng = np.random.default_rng(0)  # nonzero values everywhere (biases start at 0, where decay does nothing)
+  params = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
+  tx = make_optimizer(config, optax.constant_schedule(lr))
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  after = _leaves(optax.apply_updates(params, updates))
+  before = _leaves(params)
+  decayed = set(before) if weight_decay_on == "all" else kernels
+  for path, x in before.items():
+    expected = np.asarray(x) * np.float32(1 - lr * wd) if path in decayed else np.asarray(x)
+    np.testing.assert_allclose(after[path], expected, rtol=1e-6, atol=0, err_msg=str(path))
+    assert np.array_equal(after[path], x) == (path not in decayed), path
+
+
+def test_configs_saved_without_weight_decay_on_resume_as_all(tmp_path):
+  config = TrainConfig(weight_decay_on="all")
+  saved = json.loads(config.to_json())
+  del saved["weight_decay_on"]  # a config.json written before the field existed
+  (tmp_path / loop.CONFIG_FILE).write_text(json.dumps(saved))
+  assert TrainConfig.from_json(json.dumps(saved)) == config
+  loop._check_workdir_config(tmp_path, config)  # same run: resumes
+  (tmp_path / loop.CONFIG_FILE).write_text(json.dumps(saved))
+  with pytest.raises(ValueError, match=r"different config \(fields \['weight_decay_on'\] differ"):
+    loop._check_workdir_config(tmp_path, config.replace(weight_decay_on="kernels"))
 
 
 def test_cross_entropy_and_label_smoothing():

@@ -193,6 +193,15 @@ def test_train_subset_and_bfloat16_step(fake_data_package, tmp_path):
   assert np.isfinite(final["test_loss"]) and final["step"] == 2
 
 
+def test_kernels_only_weight_decay_trains_and_resumes(fake_data_package, tmp_path):
+  # The masked optimizer state (optax.masked) goes through jit, an Orbax checkpoint and a resume.
+  config = TrainConfig(**{**SMALL, "batch_size": 16, "model": "mlp", "model_kwargs": {"hidden": (16,)}},
+                       num_steps=2, checkpoint_every_steps=1, weight_decay_on="kernels")
+  assert train(config, tmp_path, stop_after_step=1)["interrupted"]
+  final = train(config, tmp_path)
+  assert final["step"] == 2 and np.isfinite(final["test_loss"])
+
+
 def test_checkpoint_steps_and_initial_model(full_run):
   from flax import nnx
 
