@@ -59,3 +59,15 @@ from rsim_jax.kernels.cca import (
 )
 from rsim_jax.kernels.procrustes import ProcrustesResult, procrustes, procrustes_all_pairs
 from rsim_jax.kernels.rsa import rdm, rdm_similarity, rsa, rsa_all_pairs
+
+# --- Uncertainty of minibatch CKA: leave-one-group-out jackknife from the same pass ---
+from rsim_jax.kernels.jackknife import (
+    CKAWithError,
+    MinibatchCKAGroupsState,
+    minibatch_cka_groups_accumulate,
+    minibatch_cka_groups_init,
+    minibatch_cka_groups_merge,
+    minibatch_cka_groups_total,
+    minibatch_cka_groups_update,
+    minibatch_cka_jackknife,
+)
