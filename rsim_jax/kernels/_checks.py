@@ -87,3 +87,20 @@ def validated_pair(x: Any, y: Any, *, min_examples: int | None = None, why: str 
   check_finite(x, "x")
   check_finite(y, "y")
   return x, y
+
+
+def check_centring_precision(error: jax.Array, tolerance: float, name: str, dtype) -> None:
+  """Raises when a concrete estimate of the relative rounding error of a centred Gram (`gram.centring_error`)
+  exceeds `tolerance` (no-op under tracing, where the kernels return NaN instead)."""
+  if not is_concrete(error):
+    return
+  err = float(np.asarray(error))
+  if not err <= tolerance:  # NaN included
+    raise ValueError(
+        f"`{name}` has lost its centred part to {jnp.dtype(dtype).name} rounding: centring it leaves an "
+        f"estimated relative error of {err:.2g} (at most {tolerance:g} is accepted), so HSIC/CKA from it would "
+        "be noise. This happens with the Gram of raw features that share a large offset (entries ~ d·offset², "
+        "signal ~ d·variance), or of a (nearly) constant representation. Centre the features before forming "
+        "the Gram — `kernels.gram_linear(x, center=True)` or `gram_linear(center_features(x))` — or pass the "
+        "features to `kernels.cka(x, y)`, which centres them, or form the Gram in float64."
+    )

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 from rsim_jax.kernels import _checks
 from rsim_jax.kernels import _sharding
 from rsim_jax.kernels.features import center_features
-from rsim_jax.kernels.gram import DEFAULT_PRECISION, center_gram, gram_rbf
-from rsim_jax.kernels.hsic import _sum2d
+from rsim_jax.kernels.gram import DEFAULT_PRECISION, gram_rbf
+from rsim_jax.kernels.hsic import _centred, _sum2d
 
 _UNDEFINED_CHOICES = ("raise", "nan")
 
@@ -48,14 +48,20 @@ def cka_from_grams(
   `CKA = ⟨K_c, L_c⟩ / (‖K_c‖_F ‖L_c‖_F)` with `K_c` the double-centred Gram, or the U-centred Gram when
   `debiased=True` (then it is built from the unbiased HSIC of Song et al. 2012; needs n ≥ 4).
 
+  Each Gram must keep its centred part through rounding (as in `hsic`): the Gram of float32 features with a
+  large common offset (`gram_linear(x + 1e4)`) does not, and is refused rather than give a wrong number —
+  form it with `gram_linear(x, center=True)`, or call `cka(x, y)` on the features. Accepted Grams give CKA to
+  within a few 1e-3, and to float32 rounding when their features were centred.
+
   Args:
     gram_x: `(n, n)` Gram matrix.
     gram_y: `(n, n)` Gram matrix.
     debiased: use unbiased HSIC estimates.
-    on_undefined: "raise" (a ValueError for a zero-variance input) or "nan".
+    on_undefined: "raise" (a ValueError for a zero-variance input, or one whose centred Gram is lost to
+      rounding) or "nan". Under `jit` both come back as NaN.
 
   Returns:
-    Scalar CKA.
+    Scalar CKA (float32 for float16/bfloat16 Grams).
   """
   _check_on_undefined(on_undefined)
   gram_x = _checks.as_float_array(gram_x, "gram_x")
@@ -67,11 +73,13 @@ def cka_from_grams(
     _checks.check_min_examples(gram_x.shape[0], 4, "gram_x", why="debiased CKA (unbiased HSIC)")
   _checks.check_finite(gram_x, "gram_x")
   _checks.check_finite(gram_y, "gram_y")
-  kc = center_gram(gram_x, unbiased=debiased)
-  lc = center_gram(gram_y, unbiased=debiased)
+  raise_lost = on_undefined == "raise"
+  kc, ok_x = _centred(gram_x, "gram_x", unbiased=debiased, raise_lost=raise_lost)
+  lc, ok_y = _centred(gram_y, "gram_y", unbiased=debiased, raise_lost=raise_lost)
   norm_x = jnp.sqrt(jnp.maximum(_sum2d(kc * kc), 0.0))
   norm_y = jnp.sqrt(jnp.maximum(_sum2d(lc * lc), 0.0))
-  return _safe_ratio(_sum2d(kc * lc), norm_x, norm_y, names=("gram_x", "gram_y"), on_undefined=on_undefined)
+  value = _safe_ratio(_sum2d(kc * lc), norm_x, norm_y, names=("gram_x", "gram_y"), on_undefined=on_undefined)
+  return jnp.where(ok_x & ok_y, value, jnp.nan)
 
 
 def cka(

@@ -89,3 +89,34 @@ def test_errors(demo_data):
   with pytest.raises(ValueError, match="kernel"):
     kernels.cka(x, y, kernel="cosine")
   assert np.isnan(kernels.cka(x, np.ones_like(y), on_undefined="nan"))
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_cka_from_grams_of_offset_float32_features(debiased):
+  # x + 1e4 is exact in float32 on this grid, so the float64 reference on the un-offset x is the exact answer.
+  rng = np.random.default_rng(5)
+  x = np.round(rng.standard_normal((80, 10)) * 256) / 256
+  y = np.round((x[:, :4] @ rng.standard_normal((4, 6)) + rng.standard_normal((80, 6))) * 256) / 256
+  expected = reference.cka(reference.linear_gram(x), reference.linear_gram(y), debiased=debiased)
+  x32, y32 = (x + 1e4).astype(np.float32), (y + 1e4).astype(np.float32)
+  got = kernels.cka_from_grams(
+      kernels.gram_linear(x32, center=True), kernels.gram_linear(y32, center=True), debiased=debiased
+  )
+  np.testing.assert_allclose(got, expected, rtol=1e-4)
+  # Raw Grams: their centred part is float32 rounding noise. An error naming the Gram (or NaN if asked), never
+  # a number.
+  raw_x, raw_y = kernels.gram_linear(x32), kernels.gram_linear(y32)
+  with pytest.raises(ValueError, match="`gram_x` has lost its centred part.*center=True"):
+    kernels.cka_from_grams(raw_x, kernels.gram_linear(y32, center=True), debiased=debiased)
+  with pytest.raises(ValueError, match="`gram_y` has lost its centred part"):
+    kernels.cka_from_grams(kernels.gram_linear(x32, center=True), raw_y, debiased=debiased)
+  assert np.isnan(kernels.cka_from_grams(raw_x, raw_y, debiased=debiased, on_undefined="nan"))
+  assert np.isnan(jax.jit(lambda k, l: kernels.cka_from_grams(k, l, debiased=debiased))(raw_x, raw_y))
+  # On the features, cka centres them itself.
+  np.testing.assert_allclose(kernels.cka(x32, y32, debiased=debiased), expected, rtol=1e-4)
+
+
+def test_cka_from_grams_zero_variance_is_not_reported_as_lost_precision():
+  x = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
+  with pytest.raises(ValueError, match="zero variance"):
+    kernels.cka_from_grams(kernels.gram_linear(x), np.zeros((20, 20), np.float32))
