@@ -218,13 +218,13 @@ def twonn(
     discard_fraction: float = 0.1,
     estimator: str = "fit",
     duplicates: str = "drop",
-    key: jax.Array | None = None,
     block_size: int | None = None,
 ) -> float:
   """Intrinsic dimension of the points `x` by TwoNN (Facco et al. 2017).
 
   Exact first and second neighbour distances (`knn_distances`), `μ = r₂/r₁`, then the "fit" or "mle"
   estimate of the module docstring. Cost: `N²·d/2` multiply-adds (blocked, never `(N, N)` in memory).
+  Deterministic, so it takes no PRNG key (the random protocols `twonn_scaling` and `twonn_subsampled` do).
 
   Args:
     x: `(N, d)` points.
@@ -232,8 +232,6 @@ def twonn(
     estimator: "fit" or "mle".
     duplicates: "drop" — keep one copy of each duplicated point, with a `DuplicatePointsWarning` giving the
       number dropped; "error" — raise ValueError.
-    key: unused — the estimate is deterministic; accepted so every TwoNN function takes the same arguments
-      (`twonn_scaling` and `twonn_subsampled` need one).
     block_size: tile size of the neighbour search (see `knn_distances`).
 
   Returns:
@@ -244,7 +242,6 @@ def twonn(
       points identical; duplicates with `duplicates="error"`; `discard_fraction` outside [0, 1); unknown
       `estimator`/`duplicates`.
   """
-  del key
   x = _validated(x)
   f = _check_discard_fraction(discard_fraction)
   _check_choice(estimator, ESTIMATORS, "estimator")

@@ -1,3 +1,4 @@
+import inspect
 import warnings
 
 import jax
@@ -139,6 +140,17 @@ def test_twonn_from_distances_jit_and_vmap():
   for i in range(3):
     np.testing.assert_allclose(batched[i], reference_twonn(stack[i]), rtol=1e-5)
     np.testing.assert_allclose(jitted(stack[i]), reference_twonn(stack[i]), rtol=1e-5)
+
+
+def test_twonn_is_deterministic_and_takes_no_key():
+  # TwoNN on all points has nothing random: the same points give the same float, and a PRNG key (which it
+  # used to accept and ignore) is refused rather than silently dropped; the random protocols do take one.
+  x = embed(np.random.default_rng(13).standard_normal((80, 3)), 6, seed=13)
+  assert kernels.twonn(x) == kernels.twonn(x.copy())
+  with pytest.raises(TypeError, match="key"):
+    kernels.twonn(x, key=jax.random.key(0))
+  assert "key" not in inspect.signature(kernels.twonn).parameters
+  assert inspect.signature(kernels.twonn_subsampled).parameters["key"].default is inspect.Parameter.empty
 
 
 def test_errors_name_the_argument():
