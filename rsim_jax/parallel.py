@@ -125,21 +125,34 @@ def sharded_minibatch_cka_update(
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "axis_name", "precision"))
-def _sharded_update(state, xs, ys, mask, mesh, axis_name, precision):
+def sharded_minibatch_hsic(xs, ys, mask, *, mesh: jax.sharding.Mesh | None = None, axis_name: str = DATA_AXIS,
+                           precision=kernels_gram.DEFAULT_PRECISION) -> kernels.MinibatchHSIC:
+  """The HSIC₁ terms of one global batch split over `axis_name`, one minibatch per device, summed with `psum`.
+
+  The building block of `sharded_minibatch_cka_update` for code that runs inside its own jitted step (the
+  streaming API): no host-side checks, so the caller validates shapes (`kernels.minibatch.prepare_batch`)
+  and that the batch divides over the devices. `xs`, `ys`: lists of `(D·b, ...)` arrays (ys None: one model);
+  `mask (D·b,)` bool. Returns a replicated `kernels.MinibatchHSIC` (`num_batches` counts device minibatches).
+  """
+
   def per_device(xs, ys, mask):
-    terms = kernels_minibatch._minibatch_hsic(xs, ys, mask, precision)
+    terms = kernels.minibatch_hsic(xs, ys, mask=mask, precision=precision)
     return jax.tree.map(lambda t: jax.lax.psum(t, axis_name), terms)
 
   spec = P(axis_name)
   # Split host arrays (or arrays sharded some other way) along the example axis; a no-op for activations
   # that already come out of a data-parallel model sharded this way.
   xs, ys, mask = _lay_out((xs, ys, mask), spec, mesh, axis_name)
-  terms = jax.shard_map(
+  return jax.shard_map(
       per_device,
       mesh=mesh,
       in_specs=(spec, None if ys is None else spec, spec),
       out_specs=P(),
   )(xs, ys, mask)
+
+
+def _sharded_update(state, xs, ys, mask, mesh, axis_name, precision):
+  terms = sharded_minibatch_hsic(xs, ys, mask, mesh=mesh, axis_name=axis_name, precision=precision)
   return kernels.minibatch_cka_accumulate(state, terms)
 
 
@@ -321,11 +334,14 @@ def sharded_pca_update(
         f"The batch of {n} examples must split evenly over the {shards} devices of axis {axis_name!r}; pad "
         "it and pass a mask."
     )
-  return _sharded_pca_update(state, x, mask, mesh, axis_name)
+  return sharded_pca_accumulate(state, x, mask, mesh=mesh, axis_name=axis_name)
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "axis_name"))
-def _sharded_pca_update(state, x, mask, mesh, axis_name):
+def sharded_pca_accumulate(state: kernels.PCAState, x, mask, *, mesh: jax.sharding.Mesh | None = None,
+                           axis_name: str = DATA_AXIS) -> kernels.PCAState:
+  """`sharded_pca_update` without its host-side checks, for use inside a caller's own jitted step (the
+  streaming API): `x (D·b, d)` float, `mask (D·b,)` bool, the batch dividing over the devices."""
   def per_device(local, local_mask):
     own = kernels_pca._batch_state(local, local_mask)
     dtype = own.mean.high.dtype
@@ -352,3 +368,91 @@ def _sharded_pca_update(state, x, mask, mesh, axis_name):
   x, mask = _lay_out((x, mask), spec, mesh, axis_name)
   batch = jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec), out_specs=P())(x, mask)
   return kernels_pca._merge(state, batch)
+
+
+# --- Host data on a (multi-host) mesh ---
+#
+# On a multi-host run every process runs the same program on its own rows of each global batch; these put
+# host arrays on the global mesh and bring results back, the same code on one process and on a pod slice.
+
+import numpy as np  # noqa: E402
+
+
+def check_divides(global_rows: int, mesh: jax.sharding.Mesh, what: str, *, axis_name: str = DATA_AXIS) -> None:
+  """ValueError unless a global batch of `global_rows` examples splits evenly over the mesh's devices."""
+  devices = mesh.shape[axis_name]
+  if global_rows % devices:
+    processes = jax.process_count()
+    raise ValueError(
+        f"{what} of {global_rows} examples does not divide over the {devices} devices of the data mesh "
+        f"({processes} process(es) × {devices // processes} devices); use a batch size that is a multiple "
+        f"of {devices}."
+    )
+
+
+def check_mesh_spans_processes(mesh: jax.sharding.Mesh) -> None:
+  """ValueError unless `mesh` holds devices of every process (a multi-host data mesh must)."""
+  processes = {d.process_index for d in mesh.devices.flat}
+  if len(processes) != jax.process_count():
+    raise ValueError(
+        f"`mesh` holds devices of {len(processes)} of the {jax.process_count()} processes; on a multi-host run "
+        "the data mesh must span every process (`parallel.data_mesh()`, all devices)."
+    )
+
+
+def place_whole(x, sharding: NamedSharding) -> jax.Array:
+  """A host array holding the whole global batch on every process → a global array split by `sharding`."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def replicate(tree, mesh: jax.sharding.Mesh):
+  """Places `tree` (the same values on every process: weights loaded from one checkpoint, fresh states)
+  replicated on every device of `mesh`. Across hosts `device_put` cannot move a process-local array, so
+  each process fills its own devices from its host copy."""
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def place(x):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      impl = jax.random.key_impl(x)
+      return jax.random.wrap_key_data(place(jax.random.key_data(x)), impl=impl)
+    host = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+  return jax.tree.map(place, tree)
+
+
+def process_rows(sharding: NamedSharding, global_rows: int, local_rows: int) -> tuple[int, int]:
+  """The rows `[lo, hi)` of a global batch that this process's devices hold under `sharding`; they must be
+  this process's share `[p·b, (p+1)·b)` (what `data.eval_batches` reads), or examples would be misplaced."""
+  indices = sharding.addressable_devices_indices_map((global_rows,)).values()
+  starts = [0 if s[0].start is None else s[0].start for s in indices]
+  stops = [global_rows if s[0].stop is None else s[0].stop for s in indices]
+  lo, hi = min(starts), max(stops)
+  expected = (jax.process_index() * local_rows, (jax.process_index() + 1) * local_rows)
+  if (lo, hi) != expected or sum(b - a for a, b in zip(starts, stops)) != hi - lo:
+    raise ValueError(
+        f"Process {jax.process_index()}'s devices hold rows [{lo}, {hi}) of each global batch, not its share "
+        f"{list(expected)}: order the data mesh's devices by process (`parallel.data_mesh()` does)."
+    )
+  return lo, hi
+
+
+def gather_rows(local) -> np.ndarray:
+  """Every process's rows of a host array, concatenated in process order (the global batch's row order)."""
+  if jax.process_count() == 1:
+    return np.asarray(local)
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+
+  return np.asarray(multihost_utils.process_allgather(np.asarray(local), tiled=True))
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """A global array (any sharding, possibly on other hosts' devices) as a NumPy array on every host."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
