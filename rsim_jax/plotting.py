@@ -344,3 +344,47 @@ def chunk_accuracy_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], p
   ax.legend(fontsize=7, frameon=False)
   ax.grid(alpha=0.3)
   return _save(fig, path)
+
+
+def layer_summary(summary, path=None, *, title: str | None = None, show_stderr: bool = True):
+  """Three panels for one model (`analysis.layer_summary.LayerSummary`): the all-pairs CKA heatmap (and its
+  jackknife standard error, when the summary has one), the PC1 fraction per layer, and TwoNN ID ± std.
+
+  Args:
+    summary: a `LayerSummary`.
+    path: where to save (.png or .pdf); None returns the `Figure` (shown inline in a notebook).
+    title: the figure's title (default: the model's name and the examples used).
+
+  Returns:
+    The saved path, or the figure when `path` is None.
+  """
+  names = list(summary.layer_names)
+  has_stderr = show_stderr and summary.cka.stderr is not None
+  panels = 4 if has_stderr else 3
+  fig, axes = plt.subplots(1, panels, figsize=(4.3 * panels, 4.0))
+  image = _draw_heatmap(axes[0], summary.cka.matrix, x_labels=names, y_labels=names, title="minibatch CKA")
+  fig.colorbar(image, ax=axes[0], fraction=0.046, pad=0.04)
+  column = 1
+  if has_stderr:
+    stderr = np.asarray(summary.cka.stderr, np.float64)
+    image = _draw_heatmap(axes[1], stderr, x_labels=names, y_labels=names, title="CKA standard error (jackknife)",
+                          vmax=max(float(np.nanmax(stderr)), 1e-12))
+    fig.colorbar(image, ax=axes[1], fraction=0.046, pad=0.04)
+    column = 2
+  x = np.arange(len(names))
+  axes[column].plot(x, summary.pc1_fraction, "o-", ms=3, lw=1.4)
+  axes[column].set_ylim(0, 1)
+  axes[column].set_ylabel("variance on PC1")
+  axes[column].set_title(f"PC1 fraction ({summary.num_sampled} examples)", fontsize=9)
+  axes[column + 1].errorbar(x, summary.intrinsic_dim, yerr=summary.intrinsic_dim_std, fmt="o-", ms=3, lw=1.4,
+                            capsize=2)
+  axes[column + 1].set_ylabel("intrinsic dimension (TwoNN)")
+  axes[column + 1].set_title("intrinsic dimension", fontsize=9)
+  for ax in axes[column:]:
+    _tick_labels(ax, names, "x")
+    ax.grid(alpha=0.3)
+  fig.suptitle(title or f"{summary.model_name}: {len(names)} layers, {summary.num_examples} examples", fontsize=10)
+  fig.tight_layout()
+  if path is None:
+    return fig
+  return _save(fig, path)
