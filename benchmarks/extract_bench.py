@@ -7,7 +7,11 @@ one run and interleaved (best of --repeats):
   extract+CKA  `rsim_jax.extract.compare_models(model, batches)`: the forward pass with every layer captured,
                one Gram per layer, U-centring and the all-pairs HSIC update, per batch, in one compiled step,
                plus the predictions copied to the host;
-  + PCA/sample the same with a streamed PCA of the pooled features and a 512-example activation sample.
+  + PCA/sample the same with a streamed PCA of the pooled features and a 512-example activation sample;
+  hand-fused   the floor the streaming API is held to (issue 14): one hand-written jitted step per batch,
+               `model(images, capture=True)` + `parallel.sharded_minibatch_hsic` + accumulate + argmax, no
+               capture adapter, no statistics objects, no host bookkeeping. "API / fused" near 1 means the
+               adapter and the `streaming` machinery cost nothing measurable.
 `compare_models` compiles a fresh step on every call, so its steady-state time is taken as the difference
 between a pass over 2B and over B batches (the compile and first-batch costs cancel).
 
@@ -59,12 +63,37 @@ def bench_row(depth: int, width: int, batch: int, num_batches: int, repeats: int
       out = forward(state, b["image"])
     jax.block_until_ready(out)
 
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from rsim_jax import kernels, parallel  # noqa: PLC0415
+
+  mesh = parallel.data_mesh()
+
+  @jax.jit
+  def fused_step(state, cka_state, images, mask):
+    logits, acts = nnx.merge(graphdef, state)(images, capture=True)
+    terms = parallel.sharded_minibatch_hsic(list(acts.values()), None, mask, mesh=mesh)
+    return kernels.minibatch_cka_accumulate(cka_state, terms), jnp.argmax(logits, -1)
+
+  sharding = parallel.batch_sharding(mesh)
+
+  def run_fused():
+    cka_state = kernels.minibatch_cka_init(len(model.layer_names))
+    preds = []
+    for b in short:
+      images, mask = jax.device_put((b["image"], b["mask"]), sharding)
+      cka_state, p = fused_step(state, cka_state, images, mask)
+      preds.append(p)
+    np.asarray(kernels.minibatch_cka_result(cka_state))
+    [np.asarray(p) for p in preds]
+
   def run_extract(batches, **kw):
     extract.compare_models(model, batches, progress=False, **kw)
 
   extra = dict(pca_layers=("pool",), sample_size=512)
   fns = {
       "forward": run_forward,
+      "fused": run_fused,
       "cka_short": lambda: run_extract(short),
       "cka_long": lambda: run_extract(long),
       "all_short": lambda: run_extract(short, **extra),
@@ -82,7 +111,7 @@ def bench_row(depth: int, width: int, batch: int, num_batches: int, repeats: int
   cka_t = best["cka_long"] - best["cka_short"]
   all_t = best["all_long"] - best["all_short"]
   return {"model": f"ResNet-{depth} ×{width}", "b": batch, "layers": len(model.layer_names),
-          "forward": forward_t, "cka": cka_t, "all": all_t, "images": num_batches * batch}
+          "forward": forward_t, "fused": best["fused"], "cka": cka_t, "all": all_t, "images": num_batches * batch}
 
 
 def main() -> None:
@@ -96,13 +125,15 @@ def main() -> None:
   rows = [(20, 1, 128)] if args.quick else [(20, 1, 128), (20, 1, 256), (20, 4, 128), (20, 4, 256)]
   print(f"# rsim_jax extraction benchmark — {platform.machine()}, {os.cpu_count()} CPU(s), jax {jax.__version__} on "
         f"{jax.default_backend()}, {args.batches} batches timed (difference of 2B and B), best of {args.repeats}\n")
-  print("| model | CKA minibatch b | layers | forward (img/s) | extract + CKA (img/s) | ratio | + PCA + sample | ratio |")
-  print("|---|---:|---:|---:|---:|---:|---:|---:|")
+  print("| model | CKA minibatch b | layers | forward (img/s) | hand-fused CKA step (img/s) | extract + CKA via "
+        "streaming API (img/s) | ratio to forward | API / fused | + PCA + sample | ratio to forward |")
+  print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
   for depth, width, batch in rows:
     r = bench_row(depth, width, batch, args.batches, args.repeats)
     n = r["images"]
-    print(f"| {r['model']} | {r['b']} | {r['layers']} | {n / r['forward']:.0f} | {n / r['cka']:.0f} | "
-          f"{r['cka'] / r['forward']:.2f} | {n / r['all']:.0f} | {r['all'] / r['forward']:.2f} |", flush=True)
+    print(f"| {r['model']} | {r['b']} | {r['layers']} | {n / r['forward']:.0f} | {n / r['fused']:.0f} | "
+          f"{n / r['cka']:.0f} | {r['cka'] / r['forward']:.2f} | {r['cka'] / r['fused']:.2f} | {n / r['all']:.0f} | "
+          f"{r['all'] / r['forward']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
