@@ -58,7 +58,7 @@ def shard_batch(tree, mesh: jax.sharding.Mesh, *, axis_name: str = DATA_AXIS):
   return jax.tree.map(put, tree)
 
 
-def _lay_out(tree, spec: P, mesh: jax.sharding.Mesh | None, axis_name: str):
+def lay_out(tree, spec: P, mesh: jax.sharding.Mesh | None, axis_name: str):
   """Lays every array of `tree` out as `spec` on `mesh` (None: the mesh of `jax.set_mesh`), inside `jit`.
 
   On an Explicit axis this is `jax.reshard` (part of the type; a no-op for activations already split this
@@ -142,7 +142,7 @@ def sharded_minibatch_hsic(xs, ys, mask, *, mesh: jax.sharding.Mesh | None = Non
   spec = P(axis_name)
   # Split host arrays (or arrays sharded some other way) along the example axis; a no-op for activations
   # that already come out of a data-parallel model sharded this way.
-  xs, ys, mask = _lay_out((xs, ys, mask), spec, mesh, axis_name)
+  xs, ys, mask = lay_out((xs, ys, mask), spec, mesh, axis_name)
   return jax.shard_map(
       per_device,
       mesh=mesh,
@@ -241,12 +241,12 @@ def _sharded_knn(x, valid, *, n, k, c, block, mesh, axis_name):
     return kernels_neighbors.exact_neighbours(local, query_index, points, candidates, k, block)
 
   spec = P(axis_name)
-  x, valid = _lay_out((x, valid), spec, mesh, axis_name)
+  x, valid = lay_out((x, valid), spec, mesh, axis_name)
   out = jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec), out_specs=(spec, spec))(x, valid)
   if x.shape[0] == n:
     return out
   # Padded: drop the padding rows (the result is then replicated; it is only (n, k)).
-  out = _lay_out(out, P(), mesh, axis_name)
+  out = lay_out(out, P(), mesh, axis_name)
   return tuple(a[:n] for a in out)
 
 
@@ -365,7 +365,7 @@ def sharded_pca_accumulate(state: kernels.PCAState, x, mask, *, mesh: jax.shardi
     )
 
   spec = P(axis_name)
-  x, mask = _lay_out((x, mask), spec, mesh, axis_name)
+  x, mask = lay_out((x, mask), spec, mesh, axis_name)
   batch = jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec), out_specs=P())(x, mask)
   return kernels_pca._merge(state, batch)
 

@@ -478,13 +478,13 @@ class Sample(Statistic):
   def update(self, state, step):
     # The few kept rows may sit on any device: gather this batch's rows (B × d) rather than combine m × d
     # buffers across devices.
-    replicated = jax.sharding.NamedSharding(step.mesh, jax.sharding.PartitionSpec())
-    dest = jax.reshard(step.extras, replicated)
+    whole = jax.sharding.PartitionSpec()
+    dest = parallel.lay_out(step.extras, whole, step.mesh, step.axis_name)
     out = {}
     for m, buffers in state.items():
       out[m] = {}
       for n, buffer in buffers.items():
-        x = jax.reshard(step.flat(int(m), n), replicated)
+        x = parallel.lay_out(step.flat(int(m), n), whole, step.mesh, step.axis_name)
         # Rows with dest == m (not sampled, or padding) fall outside the buffer and are dropped.
         out[m][n] = buffer.at[dest].set(x, mode="drop")
     return out
@@ -613,7 +613,8 @@ class Stream:
     inputs: `batch → model inputs` (a pytree of `(b, ...)` arrays: this process's rows).
     mask: `batch → (b,)` bool or None (padding rows of a ragged batch are False).
     labels: `batch → (b,)` int labels or None.
-    mesh: a mesh with a `data` axis; None: `parallel.data_mesh()`, all devices of all hosts.
+    mesh: a mesh with a `data` axis; None: all devices of all hosts on an Auto axis
+      (`parallel.data_mesh(axis_type=AxisType.Auto)`), so that any model runs unchanged.
   """
 
   def __init__(self, models, stats: Mapping[str, Statistic], *, inputs: Callable[[Batch], Any] = default_inputs,
@@ -630,7 +631,9 @@ class Stream:
         raise TypeError(f"`stats[{name!r}]` is a {type(stat).__name__}, not a streaming.Statistic.")
     self.stats = dict(stats)
     self.inputs, self.mask_fn, self.labels_fn = inputs, mask, labels
-    self.mesh = parallel.data_mesh() if mesh is None else mesh
+    # Auto axes by default: a user's model (reshapes, einsums) runs as written and XLA propagates the batch
+    # split; on an Explicit mesh every such op would need its output sharding spelled out.
+    self.mesh = parallel.data_mesh(axis_type=jax.sharding.AxisType.Auto) if mesh is None else mesh
     self.axis_name = axis_name
     if axis_name not in self.mesh.axis_names:
       raise ValueError(f"`mesh` must have a {axis_name!r} axis, got axes {self.mesh.axis_names}.")
@@ -646,7 +649,15 @@ class Stream:
   def _setup(self, global_inputs) -> None:
     outputs, shapes, names = [], [], []
     for model in self.models:
-      output, acts = model.trace(global_inputs)
+      try:
+        output, acts = model.trace(global_inputs)
+      except Exception as error:  # jax's ShardingTypeError is not exported: recognise it by name
+        if type(error).__name__ != "ShardingTypeError":
+          raise
+        raise ValueError(
+            f"Model {model.name} cannot run on inputs split over the Explicit mesh axis {self.axis_name!r}: "
+            f"{error}. Pass `mesh=parallel.data_mesh(axis_type=jax.sharding.AxisType.Auto)` (the default when "
+            "`mesh` is None), where XLA propagates the split through your model's ops.") from error
       outputs.append(output)
       shapes.append(dict(acts))
       names.append(tuple(acts))
@@ -782,7 +793,7 @@ def analyze(
       mesh's devices (each device's share is one CKA minibatch).
     stats: name → `Statistic` (`CKA`, `CrossCKA`, `PCA`, `Sample`, `Predictions`, or your own).
     inputs, mask, labels: accessors of a batch (see `Stream`).
-    mesh: a mesh with a `data` axis; None: all devices of all hosts.
+    mesh: a mesh with a `data` axis; None: all devices of all hosts (an Auto axis: models run unchanged).
     total: number of batches, for the progress bar.
 
   Returns:

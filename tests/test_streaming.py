@@ -195,3 +195,28 @@ def test_errors_name_the_argument():
   with pytest.raises(ValueError, match="`model`=2"):
     streaming.analyze(captured, _batches(x, y, 16), {"c": streaming.PCA(model=2)}, mesh=mesh, progress=False,
                       **ACCESSORS)
+
+
+class Patches(nnx.Module):
+  """Reshapes its input (as a ViT/Mixer patch embedding does): fine on Auto axes, a sharding type error on
+  Explicit ones unless the user spells out the output sharding."""
+
+  def __init__(self, rngs):
+    self.embed = nnx.Linear(4, 6, rngs=rngs)
+
+  def __call__(self, x):  # (b, 4, 4, 1)
+    b = x.shape[0]
+    return self.embed(x.reshape(b, 2, 2, 2, 2).transpose(0, 1, 3, 2, 4).reshape(b, 4, 4)).mean(axis=1)
+
+
+def test_default_mesh_runs_a_users_model_as_written_and_explicit_names_the_fix():
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.standard_normal((32, 4, 4, 1)).astype(np.float32)} for _ in range(3)]
+  captured = capture.nnx_model(Patches(nnx.Rngs(0)))
+  out = streaming.analyze(captured, batches, {"cka": streaming.CKA(), "s": streaming.Sample(size=10)},
+                          progress=False)  # default: all 8 devices, Auto axis
+  _, acts = captured(jnp.asarray(np.concatenate([b["image"] for b in batches])))
+  ref = extract.minibatch_cka_of_arrays(capture.as_numpy(acts), batch_size=4, progress=False)
+  np.testing.assert_allclose(out["cka"].matrix, ref.matrix, rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="Explicit mesh axis 'data'.*AxisType.Auto"):
+    streaming.analyze(captured, batches, {"cka": streaming.CKA()}, mesh=parallel.data_mesh(8), progress=False)
