@@ -81,6 +81,7 @@ def stream_minibatch_cka(
     total: int | None = None,
     progress: bool = True,
     desc: str = "minibatch CKA",
+    stderr_groups: int = 0,
 ) -> CKAResult:
   """Accumulates all-pairs minibatch CKA over `(xs, ys, mask)` batches (`ys` None: a model against itself).
 
@@ -90,11 +91,14 @@ def stream_minibatch_cka(
       the mesh's devices); None: one device (on a multi-host run every process then computes the whole result).
       Host arrays must hold the whole batch on every process; each process places its rows.
     total: number of batches, for the progress bar.
+    stderr_groups: 0, or G ≥ 2 to also deal each batch's HSIC terms to group `t mod G` and report the
+      jackknife standard error of every entry (`CKAResult.stderr`, `kernels.minibatch_cka_jackknife`).
 
   Returns:
     A `CKAResult`.
   """
-  state = None
+  _check_stderr_groups(stderr_groups)
+  state = groups = None
   x_names = y_names = None
   num_examples = 0
   for xs, ys, mask in _progress(batches, total=total, desc=desc, enabled=progress):
@@ -102,13 +106,20 @@ def stream_minibatch_cka(
       x_names = tuple(xs)
       y_names = tuple(ys) if ys is not None else x_names
       state = kernels.minibatch_cka_init(len(x_names), None if ys is None else len(y_names))
+      if stderr_groups:
+        groups = kernels.minibatch_cka_groups_init(len(x_names), None if ys is None else len(y_names),
+                                                   num_groups=stderr_groups)
     if tuple(xs) != x_names or (ys is not None and tuple(ys) != y_names):
       raise ValueError("Every batch must carry the same layers in the same order.")
     num_examples += int(np.sum(mask)) if mask is not None else len(next(iter(xs.values())))
-    if mesh is None:
+    if mesh is None and groups is None:
       state = kernels.minibatch_cka_update(state, xs, ys, mask=mask)
     else:
-      state = _sharded_cka_update(state, xs, ys, mask, mesh)
+      # One set of HSIC terms per update (device-summed on a mesh) feeds the totals and the groups alike.
+      terms = kernels.minibatch_hsic(xs, ys, mask=mask) if mesh is None else _sharded_hsic(state, xs, ys, mask, mesh)
+      state = kernels.minibatch_cka_accumulate(state, terms)
+      if groups is not None:
+        groups = _groups_accumulate(groups, terms)
   if state is None:
     raise ValueError("`batches` was empty: nothing to compare.")
   if int(state.num_skipped):
@@ -117,11 +128,22 @@ def stream_minibatch_cka(
         stacklevel=2,
     )
   matrix = np.asarray(kernels.minibatch_cka_result(state))
-  return CKAResult(matrix, x_names, y_names, int(state.num_batches), num_examples)
+  stderr = None if groups is None else np.asarray(kernels.minibatch_cka_jackknife(groups).stderr)
+  return CKAResult(matrix, x_names, y_names, int(state.num_batches), num_examples, stderr)
 
 
-def _sharded_cka_update(state, xs, ys, mask, mesh):
-  """One global batch (host arrays holding the whole batch on every process) → the updated state."""
+_groups_accumulate = jax.jit(kernels.minibatch_cka_groups_accumulate)
+
+
+def _check_stderr_groups(stderr_groups) -> None:
+  if (isinstance(stderr_groups, bool) or not isinstance(stderr_groups, (int, np.integer))
+      or (stderr_groups != 0 and stderr_groups < 2)):
+    raise ValueError(f"`stderr_groups` must be 0 (no standard error) or an integer ≥ 2 (groups of batches for the "
+                     f"jackknife; some 20 or more for a useful standard error), got {stderr_groups!r}.")
+
+
+def _sharded_hsic(state, xs, ys, mask, mesh):
+  """One global batch (host arrays holding the whole batch on every process) → its device-summed HSIC terms."""
   xs, ys, mask = kernels.minibatch.prepare_batch(xs, ys, mask, state)
   n = xs[0].shape[0]
   parallel.check_divides(n, mesh, "The batch")
@@ -136,8 +158,7 @@ def _sharded_cka_update(state, xs, ys, mask, mesh):
     xs = [parallel.place_whole(x, sharding) for x in xs]
     ys = None if ys is None else [parallel.place_whole(y, sharding) for y in ys]
     mask = parallel.place_whole(mask, sharding)
-  terms = parallel.sharded_minibatch_hsic(xs, ys, mask, mesh=mesh)
-  return kernels.minibatch_cka_accumulate(state, terms)
+  return parallel.sharded_minibatch_hsic(xs, ys, mask, mesh=mesh)
 
 
 def minibatch_cka_of_arrays(
@@ -147,6 +168,7 @@ def minibatch_cka_of_arrays(
     batch_size: int = 256,
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = True,
+    stderr_groups: int = 0,
 ) -> CKAResult:
   """Minibatch CKA between stored activations (e.g. the arrays of an .npz file per model).
 
@@ -156,6 +178,8 @@ def minibatch_cka_of_arrays(
     batch_size: b, the CKA minibatch, per device: with a mesh of D devices each global batch holds D·b
       examples, D minibatches of b consecutive examples, which gives the same numbers as one device with b.
     mesh: a mesh with a `data` axis (all devices of all hosts: `parallel.data_mesh()`), or None for one device.
+    stderr_groups: G ≥ 2 adds a jackknife standard error to every entry (`CKAResult.stderr`): global batch t
+      (one update, its D minibatches summed over the mesh) goes to group `t mod G`; 0 = none.
   """
   names_x = list(xs)
   merged = dict(xs)
@@ -175,7 +199,8 @@ def minibatch_cka_of_arrays(
 
   total = -(-n // global_batch)
   return stream_minibatch_cka(
-      split(array_batches(merged, batch_size=global_batch)), mesh=mesh, total=total, progress=progress
+      split(array_batches(merged, batch_size=global_batch)), mesh=mesh, total=total, progress=progress,
+      stderr_groups=stderr_groups,
   )
 
 

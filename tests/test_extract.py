@@ -1,3 +1,4 @@
+import jax
 import numpy as np
 import pytest
 
@@ -191,3 +192,46 @@ def test_samples_and_pca_come_back_in_layer_order():
               "mask": np.ones(16, bool)} for _ in range(2)]
   out = extract.compare_models(model, batches, cka=False, pca_layers=True, sample_size=10, progress=False)
   assert list(out.samples[0]) == list(out.pca[0]) == list(model.layer_names) == ["conv1", "pool1", "dense1", "logits"]
+
+
+def test_minibatch_cka_of_arrays_stderr_is_the_jackknife_of_the_same_batches():
+  xs, ys = _acts(seed=0), _acts(seed=1, widths=(20, 6))
+  for other in (None, ys):
+    result = extract.minibatch_cka_of_arrays(xs, other, batch_size=20, stderr_groups=4, progress=False)
+    groups = kernels.minibatch_cka_groups_init(3, None if other is None else 2, num_groups=4)
+    for start in range(0, 300, 20):
+      batch_y = None if other is None else [a[start : start + 20] for a in other.values()]
+      groups = kernels.minibatch_cka_groups_update(groups, [a[start : start + 20] for a in xs.values()], batch_y)
+    ref = kernels.minibatch_cka_jackknife(groups)
+    assert result.stderr.shape == result.matrix.shape == ref.stderr.shape
+    np.testing.assert_allclose(result.stderr, ref.stderr, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(result.matrix, ref.cka, rtol=1e-6)
+    assert np.all(result.stderr[~np.eye(*result.matrix.shape, dtype=bool)] > 1e-4)
+  assert extract.minibatch_cka_of_arrays(xs, batch_size=20, progress=False).stderr is None
+  four = extract.minibatch_cka_of_arrays(xs, batch_size=20, stderr_groups=4, progress=False)
+  five = extract.minibatch_cka_of_arrays(xs, batch_size=20, stderr_groups=5, progress=False)
+  np.testing.assert_array_equal(four.matrix, five.matrix)  # the groups change the error bars only
+  assert not np.allclose(four.stderr, five.stderr, rtol=1e-3)
+
+
+def test_sharded_stderr_groups_whole_global_batches():
+  # On a mesh each global batch (8 minibatches of 5, device-summed) is one unit of the round-robin; the last
+  # global batch holds 20 valid rows: devices 4..7 have none and are skipped.
+  xs = _acts(seed=0)
+  mesh = parallel.data_mesh()
+  with pytest.warns(UserWarning, match="4 device minibatch"):
+    result = extract.minibatch_cka_of_arrays(xs, batch_size=5, mesh=mesh, stderr_groups=3, progress=False)
+  groups = kernels.minibatch_cka_groups_init(3, num_groups=3)
+  for start in range(0, 300, 40):
+    terms = [kernels.minibatch_hsic([a[s : s + 5] for a in xs.values()]) for s in range(start, min(start + 40, 300), 5)]
+    groups = kernels.minibatch_cka_groups_accumulate(groups, jax.tree.map(lambda *t: sum(t), *terms))
+  ref = kernels.minibatch_cka_jackknife(groups)
+  assert result.num_batches == 60 and int(groups.num_updates) == 8
+  np.testing.assert_allclose(result.stderr, ref.stderr, rtol=1e-4, atol=1e-8)
+  np.testing.assert_allclose(result.matrix, ref.cka, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [1, -2, 2.5, True])
+def test_stderr_groups_must_be_zero_or_at_least_two(bad):
+  with pytest.raises(ValueError, match="`stderr_groups` must be 0 .* or an integer ≥ 2"):
+    extract.minibatch_cka_of_arrays(_acts(), stderr_groups=bad, progress=False)
