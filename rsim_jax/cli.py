@@ -2,6 +2,7 @@
 
   rsim cka X.npz [Y.npz] --out DIR      all-layer minibatch CKA heatmap of stored activations
   rsim cka RUN_A [RUN_B] --out DIR      ... or of trained models (`rsim train` / study work directories)
+      [--stderr G] [--index NAME ...]   ... with jackknife standard errors, and other similarity indices
   rsim study wide_deep --config local --workdir DIR   a study end to end (train, extract, analyse, report)
   rsim train --config FILE[:VARIANT] --workdir DIR    one training run (see `python -m rsim_jax.train -h`)
   rsim rehearse [--workdir DIR]         2 local JAX processes × 4 CPU devices vs 1 × 8: a multi-host rehearsal
@@ -10,6 +11,10 @@
 holds b × (devices of all hosts) examples, one minibatch of b per device, which gives the same matrix as one
 device with b. Paths (runs, .npz files, --out, work directories) may be local or gs://… . On a multi-host slice
 every host runs the same command with `rsim --multihost ...`; process 0 writes the files.
+
+`rsim cka --index NAME` (repeatable) adds a full-batch index (`rsim_jax.analysis.indices`: linear/debiased CKA,
+Procrustes, CCA, SVCCA, PWCCA, RSA) computed on a sample of --sample-size examples, the first N of the .npz
+arrays or a seeded random N of the split, into NAME.json and NAME.png beside cka.json.
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ def _is_run(path: str) -> bool:
   return (io.path(path) / "config.json").exists()
 
 
-def _models_cka(args, mesh):
-  """Streams a trained model's evaluation split (or `--split`) through one or two trained models."""
+def _models_cka(args, mesh, sample_size: int):
+  """Streams a trained model's evaluation split (or `--split`) through one or two trained models: the CKA
+  result and, when `sample_size`, per model a seeded random sample of every layer (`compare_models`)."""
   from rsim_jax import extract
   from rsim_jax.train import load_model
 
@@ -45,18 +51,52 @@ def _models_cka(args, mesh):
   models = [model_x] + ([load_model(args.y)[0]] if args.y else [])
   batches, total = extract.split_batches(config, split=args.split, batch_size=args.batch_size, mesh=mesh,
                                          max_examples=args.max_examples)
-  comparison = extract.compare_models(models, batches, mesh=mesh, total=total)
-  return comparison.cross if args.y else comparison.within[0]
+  comparison = extract.compare_models(models, batches, mesh=mesh, total=total, stderr_groups=args.stderr,
+                                      sample_size=sample_size)
+  return (comparison.cross if args.y else comparison.within[0]), comparison.samples
+
+
+def _index_matrices(args, samples, out, x_name: str, y_name: str) -> None:
+  """Each `--index` on the sample (`samples`: one or two dicts layer name → `(m, ...)`): NAME.json, NAME.png."""
+  import numpy as np
+
+  from rsim_jax import io, plotting
+  from rsim_jax.analysis import indices
+
+  sample_x, sample_y = samples[0], (samples[1] if len(samples) > 1 else None)
+  x_names, y_names = list(sample_x), list(sample_y if sample_y is not None else sample_x)
+  n = len(next(iter(sample_x.values())))
+  for name in dict.fromkeys(args.index):
+    try:
+      matrix = indices.all_pairs(sample_x, sample_y, index=name)
+    except ValueError as e:
+      raise SystemExit(f"rsim cka --index {name} ({n} examples): {e} (rsim cka uses each index's default options; "
+                       "call rsim_jax.analysis.indices.all_pairs for others)") from None
+    io.write_json(out / f"{name}.json", {"index": name, "description": indices.DESCRIPTIONS[name],
+                                         "matrix": matrix.tolist(), "x_names": x_names, "y_names": y_names, "n": n},
+                  indent=1)
+    plotting.cka_heatmap(matrix.T, out / f"{name}.png", x_labels=x_names, y_labels=y_names,
+                         title=f"{indices.DESCRIPTIONS[name]}, {n} examples", x_name=x_name, y_name=y_name,
+                         label=name, vmin=min(0.0, float(np.nanmin(matrix))))
+    if io.is_writer():
+      print(f"wrote {out / f'{name}.json'} and {out / f'{name}.png'}")
 
 
 def cmd_cka(args) -> int:
   import jax
+  import numpy as np
 
   from rsim_jax import extract, io, parallel, plotting
 
   if args.batch_size < 4:
     raise SystemExit(f"rsim cka: --batch-size {args.batch_size} is the CKA minibatch per device and must be at "
                      "least 4 (unbiased HSIC).")
+  if args.stderr != 0 and args.stderr < 2:
+    raise SystemExit(f"rsim cka: --stderr {args.stderr}: the jackknife leaves out one of G ≥ 2 groups of batches "
+                     "at a time; give G ≥ 2 (some 20 or more for a useful standard error), or 0 for none.")
+  if args.index and args.sample_size < 4:
+    raise SystemExit(f"rsim cka: --sample-size {args.sample_size}: the indices need at least 4 examples.")
+  sample_size = args.sample_size if args.index else 0
   runs = [_is_run(p) for p in (args.x, args.y) if p]
   if any(runs) and not all(runs):
     raise SystemExit("rsim cka: give two .npz activation files or two trained-model work directories "
@@ -65,24 +105,38 @@ def cmd_cka(args) -> int:
   # size is per device).
   sharded = args.sharded or jax.process_count() > 1
   if all(runs):
-    result = _models_cka(args, parallel.data_mesh() if sharded else parallel.data_mesh(1))
+    result, samples = _models_cka(args, parallel.data_mesh() if sharded else parallel.data_mesh(1), sample_size)
   else:
     xs = _load_npz_layers(args.x)
     ys = _load_npz_layers(args.y) if args.y else None
     result = extract.minibatch_cka_of_arrays(xs, ys, batch_size=args.batch_size,
-                                             mesh=parallel.data_mesh() if sharded else None)
+                                             mesh=parallel.data_mesh() if sharded else None, stderr_groups=args.stderr)
+    # The first `--sample-size` examples (all if fewer), the same rows of both files.
+    samples = tuple({k: v[:sample_size] for k, v in layers.items()} for layers in (xs, ys) if layers is not None)
   out = io.path(args.out)
-  io.write_json(out / "cka.json", result.to_json(), indent=1)
+  payload = result.to_json()
+  if args.stderr:
+    payload["stderr_groups"] = args.stderr
+  io.write_json(out / "cka.json", payload, indent=1)
   figure = out / "cka.png"
+  x_name, y_name = _stem(args.x), _stem(args.y or args.x)
   if io.is_writer():
     local = io.local_copy_for_plotting(figure)
     plotting.cka_heatmap(
         result.matrix.T, local, x_labels=result.x_names, y_labels=result.y_names,
-        title=f"minibatch CKA, {result.num_examples} examples",
-        x_name=_stem(args.x), y_name=_stem(args.y or args.x),
+        title=f"minibatch CKA, {result.num_examples} examples", x_name=x_name, y_name=y_name,
     )
     io.upload(local, figure)
     print(f"wrote {out / 'cka.json'} and {figure}")
+  if result.stderr is not None:
+    stderr = np.asarray(result.stderr, np.float64)
+    plotting.cka_heatmap(stderr.T, out / "cka_stderr.png", x_labels=result.x_names, y_labels=result.y_names,
+                         title=f"minibatch CKA: jackknife standard error ({args.stderr} groups)", x_name=x_name,
+                         y_name=y_name, label="standard error", vmax=max(float(np.nanmax(stderr)), 1e-12))
+    if io.is_writer():
+      print(f"wrote {out / 'cka_stderr.png'}")
+  if args.index:
+    _index_matrices(args, samples, out, x_name, y_name)
   io.barrier("rsim cka written")
   return 0
 
@@ -144,6 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
                  "with one device")
   p.add_argument("--sharded", action="store_true",
                  help="use every device of every host (one minibatch each); always on with several processes")
+  p.add_argument("--stderr", type=int, default=0, metavar="G",
+                 help="also the jackknife standard error of every CKA entry, leaving out one of G ≥ 2 groups of "
+                 "batches at a time (batch t → group t mod G; some 20 or more for a useful error; with --sharded "
+                 "a batch is one global batch): 'stderr' in cka.json and cka_stderr.png (default 0: none)")
+  from rsim_jax.analysis.indices import DESCRIPTIONS, INDICES
+
+  p.add_argument("--index", action="append", choices=INDICES, default=None, metavar="NAME",
+                 help="also this full-batch similarity index on --sample-size examples, into NAME.json (matrix, "
+                 "layer names, n) and NAME.png; repeatable. One of: " +
+                 "; ".join(f"{k} ({v})" for k, v in DESCRIPTIONS.items()))
+  p.add_argument("--sample-size", type=int, default=2000,
+                 help="examples the --index indices see: the first N of the .npz arrays, or a seeded random N of "
+                 "the split for trained models (default 2000, or all if fewer)")
   p.set_defaults(func=cmd_cka)
 
   from rsim_jax.studies import STUDIES

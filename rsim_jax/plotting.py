@@ -82,19 +82,24 @@ def cka_heatmap(
     title: str | None = None,
     x_name: str = "layer",
     y_name: str = "layer",
+    label: str = "CKA",
+    vmin: float = 0.0,
+    vmax: float = 1.0,
 ) -> pathlib.Path:
   """One CKA matrix as a heatmap, layers from input (origin) to output, as in Nguyen et al. (2021), Fig. 1.
 
   Args:
     matrix: `(num_y, num_x)` CKA values; row i is `y_labels[i]`, column j is `x_labels[j]`.
     path: where to save (.png or .pdf).
+    label: the colour bar's label (another index, or "standard error" for a matrix of errors).
+    vmin, vmax: the colour scale's limits (CKA: 0 to 1).
   """
   matrix = np.asarray(matrix)
   fig, ax = plt.subplots(figsize=(4.2, 3.8))
-  image = _draw_heatmap(ax, matrix, x_labels=x_labels, y_labels=y_labels, title=title)
+  image = _draw_heatmap(ax, matrix, x_labels=x_labels, y_labels=y_labels, title=title, vmin=vmin, vmax=vmax)
   ax.set_xlabel(x_name)
   ax.set_ylabel(y_name)
-  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="CKA")
+  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=label)
   return _save(fig, path)
 
 

@@ -55,7 +55,7 @@ DESCRIPTIONS = {
     "procrustes": "Procrustes similarity ‖X̂ᵀŶ‖*",
     "cca": "CCA, mean canonical correlation",
     "svcca": "SVCCA (99% variance)",
-    "pwcca": "PWCCA (weighted by the row layer)",
+    "pwcca": "PWCCA (weighted by the x-axis layer)",
     "rsa_pearson": "RSA, Pearson r of RDMs",
     "rsa_spearman": "RSA, Spearman ρ of RDMs",
 }
