@@ -206,20 +206,20 @@ def sharded_knn_distances(
   Returns:
     `(distances, indices)`, `(n, k)` each (sharded along examples when n divides over the devices).
   """
-  x = kernels_neighbors._float_features(x)
+  x = kernels_neighbors.float_features(x)
   n = x.shape[0]
-  k = kernels_neighbors._check_k(k, n)
+  k = kernels_neighbors.check_k(k, n)
   kernels_checks.check_finite(x, "x")
   c = (
       kernels_neighbors.default_num_candidates(n, k)
       if num_candidates is None
-      else kernels_neighbors._check_k(num_candidates, n, "num_candidates")
+      else kernels_neighbors.check_k(num_candidates, n, "num_candidates")
   )
   if c < k:
     raise ValueError(f"`num_candidates`={c} must be at least `k`={k}.")
   shards = _num_shards(mesh, axis_name)
   per_device = -(-n // shards)
-  block = kernels_neighbors._tile(per_device, kernels_neighbors._check_block_size(block_size), c)
+  block = kernels_neighbors.tile_size(per_device, kernels_neighbors.check_block_size(block_size), c)
   valid = jnp.ones((n,), bool)
   if per_device * shards != n:
     valid = jnp.pad(valid, (0, per_device * shards - n))
@@ -266,22 +266,22 @@ def sharded_twonn(
   the estimate from the `(n, 2)` distances is the same function as on one device. Arguments and errors as in
   `kernels.twonn`.
   """
-  x = kernels_intrinsic_dim._validated(x)
-  f = kernels_intrinsic_dim._check_discard_fraction(discard_fraction)
-  kernels_intrinsic_dim._check_choice(estimator, kernels_intrinsic_dim.ESTIMATORS, "estimator")
-  kernels_intrinsic_dim._check_choice(duplicates, kernels_intrinsic_dim.DUPLICATES, "duplicates")
-  kernels_intrinsic_dim._check_enough_points(x.shape[0], f, estimator, "x")
+  x = kernels_intrinsic_dim.validated_points(x)
+  f = kernels_intrinsic_dim.check_discard_fraction(discard_fraction)
+  kernels_intrinsic_dim.check_choice(estimator, kernels_intrinsic_dim.ESTIMATORS, "estimator")
+  kernels_intrinsic_dim.check_choice(duplicates, kernels_intrinsic_dim.DUPLICATES, "duplicates")
+  kernels_intrinsic_dim.check_enough_points(x.shape[0], f, estimator, "x")
 
   def search(points):
     distances, _ = sharded_knn_distances(points, k=2, mesh=mesh, axis_name=axis_name, block_size=block_size)
     return jnp.asarray(jax.device_get(distances))  # (n, 2): gathered, for the sort of the estimate
 
   distances = search(x)
-  x, fresh = kernels_intrinsic_dim._distinct(x, distances, duplicates, "x", stacklevel=3)
+  x, fresh = kernels_intrinsic_dim.drop_duplicate_points(x, distances, duplicates, "x", stacklevel=3)
   if fresh is None:
-    kernels_intrinsic_dim._check_enough_points(x.shape[0], f, estimator, "x")
+    kernels_intrinsic_dim.check_enough_points(x.shape[0], f, estimator, "x")
     distances = search(x)
-  return float(kernels_intrinsic_dim._estimate(distances[:, 0], distances[:, 1], f, estimator))
+  return float(kernels_intrinsic_dim.estimate_from_distances(distances[:, 0], distances[:, 1], f, estimator))
 
 
 def sharded_pca_update(
@@ -343,7 +343,7 @@ def sharded_pca_accumulate(state: kernels.PCAState, x, mask, *, mesh: jax.shardi
   """`sharded_pca_update` without its host-side checks, for use inside a caller's own jitted step (the
   streaming API): `x (D·b, d)` float, `mask (D·b,)` bool, the batch dividing over the devices."""
   def per_device(local, local_mask):
-    own = kernels_pca._batch_state(local, local_mask)
+    own = kernels_pca.pca_batch_state(local, local_mask)
     dtype = own.mean.high.dtype
     me = jax.lax.axis_index(axis_name)
     shards = jax.lax.psum(1, axis_name)
@@ -367,7 +367,7 @@ def sharded_pca_accumulate(state: kernels.PCAState, x, mask, *, mesh: jax.shardi
   spec = P(axis_name)
   x, mask = lay_out((x, mask), spec, mesh, axis_name)
   batch = jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec), out_specs=P())(x, mask)
-  return kernels_pca._merge(state, batch)
+  return kernels.pca_merge(state, batch)
 
 
 # --- Host data on a (multi-host) mesh ---

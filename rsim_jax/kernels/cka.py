@@ -18,7 +18,7 @@ from rsim_jax.kernels import _checks
 from rsim_jax.kernels import _sharding
 from rsim_jax.kernels.features import center_features
 from rsim_jax.kernels.gram import DEFAULT_PRECISION, gram_rbf
-from rsim_jax.kernels.hsic import _centred, _sum2d
+from rsim_jax.kernels.hsic import centred_gram_checked, sum_2d
 
 _UNDEFINED_CHOICES = ("raise", "nan")
 
@@ -74,11 +74,11 @@ def cka_from_grams(
   _checks.check_finite(gram_x, "gram_x")
   _checks.check_finite(gram_y, "gram_y")
   raise_lost = on_undefined == "raise"
-  kc, ok_x = _centred(gram_x, "gram_x", unbiased=debiased, raise_lost=raise_lost)
-  lc, ok_y = _centred(gram_y, "gram_y", unbiased=debiased, raise_lost=raise_lost)
-  norm_x = jnp.sqrt(jnp.maximum(_sum2d(kc * kc), 0.0))
-  norm_y = jnp.sqrt(jnp.maximum(_sum2d(lc * lc), 0.0))
-  value = _safe_ratio(_sum2d(kc * lc), norm_x, norm_y, names=("gram_x", "gram_y"), on_undefined=on_undefined)
+  kc, ok_x = centred_gram_checked(gram_x, "gram_x", unbiased=debiased, raise_lost=raise_lost)
+  lc, ok_y = centred_gram_checked(gram_y, "gram_y", unbiased=debiased, raise_lost=raise_lost)
+  norm_x = jnp.sqrt(jnp.maximum(sum_2d(kc * kc), 0.0))
+  norm_y = jnp.sqrt(jnp.maximum(sum_2d(lc * lc), 0.0))
+  value = _safe_ratio(sum_2d(kc * lc), norm_x, norm_y, names=("gram_x", "gram_y"), on_undefined=on_undefined)
   return jnp.where(ok_x & ok_y, value, jnp.nan)
 
 
@@ -151,7 +151,7 @@ def linear_cka_features(
 
   def similarity(a, b):
     cross = _sharding.contract_examples(a, b, precision=precision)  # split examples: a psum of partial sums
-    value = _sum2d(cross * cross)
+    value = sum_2d(cross * cross)
     if debiased:
       sq_rows_a = jnp.sum(a * a, axis=1)
       sq_rows_b = jnp.sum(b * b, axis=1)

@@ -14,12 +14,12 @@ from rsim_jax.kernels import _checks
 from rsim_jax.kernels.gram import center_gram, centring_error, centring_tolerance
 
 
-def _sum2d(a: jax.Array) -> jax.Array:
+def sum_2d(a: jax.Array) -> jax.Array:
   # Row sums first, then their sum: two short reductions keep float32 error ~ (n + n)·eps instead of n²·eps.
   return jnp.sum(jnp.sum(a, axis=-1), axis=-1)
 
 
-def _centred(gram: jax.Array, name: str, *, unbiased: bool, raise_lost: bool = True):
+def centred_gram_checked(gram: jax.Array, name: str, *, unbiased: bool, raise_lost: bool = True):
   """`(K_c, ok)`: the centred Gram (double- or U-centred) and a `()` bool, whether it kept its centred part.
 
   `ok` is `centring_error(K, K_c) ≤ centring_tolerance(dtype)`, with ε of the Gram's own dtype. A concrete
@@ -79,7 +79,7 @@ def hsic(gram_x: jax.Array, gram_y: jax.Array, *, unbiased: bool = False) -> jax
     _checks.check_min_examples(n, 2, "gram_x", why="HSIC")
   _checks.check_finite(gram_x, "gram_x")
   _checks.check_finite(gram_y, "gram_y")
-  kc, ok_x = _centred(gram_x, "gram_x", unbiased=unbiased)
-  lc, ok_y = _centred(gram_y, "gram_y", unbiased=unbiased)
-  value = _sum2d(kc * lc) / (n * (n - 3) if unbiased else (n - 1) ** 2)
+  kc, ok_x = centred_gram_checked(gram_x, "gram_x", unbiased=unbiased)
+  lc, ok_y = centred_gram_checked(gram_y, "gram_y", unbiased=unbiased)
+  value = sum_2d(kc * lc) / (n * (n - 3) if unbiased else (n - 1) ** 2)
   return jnp.where(ok_x & ok_y, value, jnp.nan)

@@ -88,7 +88,7 @@ class TwoNNSubsampled(NamedTuple):
 # --- Argument checks ---
 
 
-def _check_discard_fraction(discard_fraction) -> float:
+def check_discard_fraction(discard_fraction) -> float:
   try:
     f = float(discard_fraction)
   except (TypeError, ValueError):
@@ -98,7 +98,7 @@ def _check_discard_fraction(discard_fraction) -> float:
   return f
 
 
-def _check_choice(value, choices, name: str) -> str:
+def check_choice(value, choices, name: str) -> str:
   if value not in choices:
     raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
   return value
@@ -109,7 +109,7 @@ def num_fitted(n: int, discard_fraction: float) -> int:
   return int(min(n - 1, math.floor(n * (1.0 - discard_fraction) + 1e-9)))
 
 
-def _check_enough_points(n: int, discard_fraction: float, estimator: str, name: str) -> None:
+def check_enough_points(n: int, discard_fraction: float, estimator: str, name: str) -> None:
   if n < MIN_POINTS:
     raise ValueError(f"`{name}` has {n} points; TwoNN needs at least {MIN_POINTS} (two neighbours each).")
   if estimator == "fit" and num_fitted(n, discard_fraction) < 1:
@@ -119,7 +119,7 @@ def _check_enough_points(n: int, discard_fraction: float, estimator: str, name: 
     )
 
 
-def _validated(x, name: str = "x") -> jax.Array:
+def validated_points(x, name: str = "x") -> jax.Array:
   x = _checks.as_float_array(x, name)
   _checks.check_2d(x, name)
   _checks.check_finite(x, name)
@@ -148,14 +148,14 @@ def twonn_from_distances(
   _checks.check_rank(distances, 2, "distances", hint="Pass the (N, k) output of `knn_distances`.")
   if distances.shape[1] < 2:
     raise ValueError(f"`distances` must hold at least 2 neighbours per point, got shape {tuple(distances.shape)}.")
-  f = _check_discard_fraction(discard_fraction)
-  _check_choice(estimator, ESTIMATORS, "estimator")
-  _check_enough_points(distances.shape[0], f, estimator, "distances")
-  return _estimate(distances[:, 0], distances[:, 1], f, estimator)
+  f = check_discard_fraction(discard_fraction)
+  check_choice(estimator, ESTIMATORS, "estimator")
+  check_enough_points(distances.shape[0], f, estimator, "distances")
+  return estimate_from_distances(distances[:, 0], distances[:, 1], f, estimator)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
-def _estimate(r1, r2, discard_fraction, estimator):
+def estimate_from_distances(r1, r2, discard_fraction, estimator):
   n = r1.shape[0]
   log_mu = jnp.log(r2) - jnp.log(r1)
   if estimator == "mle":
@@ -170,7 +170,7 @@ def _estimate(r1, r2, discard_fraction, estimator):
 # --- Duplicates ---
 
 
-def _distinct(x: jax.Array, distances: jax.Array, duplicates: str, name: str, stacklevel: int = 4):
+def drop_duplicate_points(x: jax.Array, distances: jax.Array, duplicates: str, name: str, stacklevel: int = 4):
   """Returns `(x, distances)` with duplicated points dropped (one copy kept), or raises."""
   if not bool(jnp.any(distances[:, 0] == 0)):
     return x, distances
@@ -196,11 +196,11 @@ def _distinct(x: jax.Array, distances: jax.Array, duplicates: str, name: str, st
 
 def distinct_points(x: jax.Array, *, duplicates: str = "drop", block_size: int | None = None, name: str = "x"):
   """`(x_distinct, distances)`: x with duplicates dropped (or an error) and its `(N, 2)` neighbour distances."""
-  _check_choice(duplicates, DUPLICATES, "duplicates")
+  check_choice(duplicates, DUPLICATES, "duplicates")
   distances, _ = neighbors.knn_distances(x, k=2, block_size=block_size)
-  x, fresh = _distinct(x, distances, duplicates, name)
+  x, fresh = drop_duplicate_points(x, distances, duplicates, name)
   if fresh is None:
-    _check_enough_points(x.shape[0], 0.0, "mle", name)
+    check_enough_points(x.shape[0], 0.0, "mle", name)
     distances, _ = neighbors.knn_distances(x, k=2, block_size=block_size)
     if bool(jnp.any(distances[:, 0] == 0)):
       raise ValueError(
@@ -242,14 +242,14 @@ def twonn(
       points identical; duplicates with `duplicates="error"`; `discard_fraction` outside [0, 1); unknown
       `estimator`/`duplicates`.
   """
-  x = _validated(x)
-  f = _check_discard_fraction(discard_fraction)
-  _check_choice(estimator, ESTIMATORS, "estimator")
-  _check_choice(duplicates, DUPLICATES, "duplicates")
-  _check_enough_points(x.shape[0], f, estimator, "x")
+  x = validated_points(x)
+  f = check_discard_fraction(discard_fraction)
+  check_choice(estimator, ESTIMATORS, "estimator")
+  check_choice(duplicates, DUPLICATES, "duplicates")
+  check_enough_points(x.shape[0], f, estimator, "x")
   x, distances = distinct_points(x, duplicates=duplicates, block_size=block_size)
-  _check_enough_points(x.shape[0], f, estimator, "x")
-  return float(_estimate(distances[:, 0], distances[:, 1], f, estimator))
+  check_enough_points(x.shape[0], f, estimator, "x")
+  return float(estimate_from_distances(distances[:, 0], distances[:, 1], f, estimator))
 
 
 def _auto_num_scales(n: int) -> int:
@@ -288,15 +288,15 @@ def twonn_scaling(
   Returns:
     A `TwoNNScaling` of NumPy arrays, scale 0 (all points) first.
   """
-  x = _validated(x)
+  x = validated_points(x)
   # Random subsets draw from all the points (one gather, then every subset on every device), so points
   # split over devices are gathered first.
   x = _sharding.replicated(x)
-  f = _check_discard_fraction(discard_fraction)
-  _check_choice(estimator, ESTIMATORS, "estimator")
-  _check_enough_points(x.shape[0], f, estimator, "x")
+  f = check_discard_fraction(discard_fraction)
+  check_choice(estimator, ESTIMATORS, "estimator")
+  check_enough_points(x.shape[0], f, estimator, "x")
   x, distances = distinct_points(
-      x, duplicates=_check_choice(duplicates, DUPLICATES, "duplicates"), block_size=block_size
+      x, duplicates=check_choice(duplicates, DUPLICATES, "duplicates"), block_size=block_size
   )
   n = x.shape[0]
   if num_scales is None:
@@ -314,10 +314,10 @@ def twonn_scaling(
   for s in range(int(num_scales)):
     parts, m = 1 << s, n >> s
     if s == 0:  # all points: the distances are already there
-      estimates, r2 = _estimate(distances[:, 0], distances[:, 1], f, estimator)[None], distances[:, 1]
+      estimates, r2 = estimate_from_distances(distances[:, 0], distances[:, 1], f, estimator)[None], distances[:, 1]
     else:
       subsets = x[order[: parts * m]].reshape(parts, m, x.shape[1])
-      estimates, r2 = _subset_estimates(subsets, f, estimator, neighbors._check_block_size(block_size))
+      estimates, r2 = _subset_estimates(subsets, f, estimator, neighbors.check_block_size(block_size))
     estimates = np.asarray(estimates, np.float64)
     rows["num_points"].append(m)
     rows["num_subsets"].append(parts)
@@ -332,11 +332,11 @@ def _subset_estimates(subsets, discard_fraction, estimator, block_size):
   """TwoNN of each of the `(P, m, d)` subsets and their r₂ distances `(P, m)`, one subset after another."""
   m = subsets.shape[1]
   c = neighbors.default_num_candidates(m, 2)
-  block = neighbors._tile(m, block_size, c)
+  block = neighbors.tile_size(m, block_size, c)
 
   def one(points):
-    distances, _ = neighbors._knn(points, k=2, num_candidates=c, block=block)
-    return _estimate(distances[:, 0], distances[:, 1], discard_fraction, estimator), distances[:, 1]
+    distances, _ = neighbors.knn_search(points, k=2, num_candidates=c, block=block)
+    return estimate_from_distances(distances[:, 0], distances[:, 1], discard_fraction, estimator), distances[:, 1]
 
   return jax.lax.map(one, subsets)
 
@@ -367,12 +367,12 @@ def twonn_subsampled(
   Returns:
     A `TwoNNSubsampled`.
   """
-  x = _validated(x)
+  x = validated_points(x)
   # Random subsets draw from all the points (one gather, then every subset on every device), so points
   # split over devices are gathered first.
   x = _sharding.replicated(x)
-  f = _check_discard_fraction(discard_fraction)
-  _check_choice(estimator, ESTIMATORS, "estimator")
+  f = check_discard_fraction(discard_fraction)
+  check_choice(estimator, ESTIMATORS, "estimator")
   try:
     fraction = float(fraction)
   except (TypeError, ValueError):
@@ -381,8 +381,8 @@ def twonn_subsampled(
     raise ValueError(f"`fraction` must be in (0, 1], got {fraction!r}.")
   if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
     raise ValueError(f"`repeats` must be a positive integer, got {repeats!r}.")
-  _check_enough_points(x.shape[0], f, estimator, "x")
-  x, _ = distinct_points(x, duplicates=_check_choice(duplicates, DUPLICATES, "duplicates"), block_size=block_size)
+  check_enough_points(x.shape[0], f, estimator, "x")
+  x, _ = distinct_points(x, duplicates=check_choice(duplicates, DUPLICATES, "duplicates"), block_size=block_size)
   n = x.shape[0]
   m = int(math.floor(fraction * n + 1e-9))
   if m < MIN_POINTS or (estimator == "fit" and num_fitted(m, f) < 1):
@@ -392,7 +392,7 @@ def twonn_subsampled(
     )
   keys = jax.random.split(key, int(repeats))
   estimates = np.asarray(
-      _subsampled(x, keys, m, f, estimator, neighbors._check_block_size(block_size)), np.float64
+      _subsampled(x, keys, m, f, estimator, neighbors.check_block_size(block_size)), np.float64
   )
   return TwoNNSubsampled(float(estimates.mean()), float(estimates.std()), estimates, m)
 
@@ -401,11 +401,11 @@ def twonn_subsampled(
 def _subsampled(x, keys, m, discard_fraction, estimator, block_size):
   n = x.shape[0]
   c = neighbors.default_num_candidates(m, 2)
-  block = neighbors._tile(m, block_size, c)
+  block = neighbors.tile_size(m, block_size, c)
 
   def one(key):
     points = x[jax.random.permutation(key, n)[:m]]
-    distances, _ = neighbors._knn(points, k=2, num_candidates=c, block=block)
-    return _estimate(distances[:, 0], distances[:, 1], discard_fraction, estimator)
+    distances, _ = neighbors.knn_search(points, k=2, num_candidates=c, block=block)
+    return estimate_from_distances(distances[:, 0], distances[:, 1], discard_fraction, estimator)
 
   return jax.lax.map(one, keys)

@@ -201,7 +201,7 @@ def minibatch_cka_groups_accumulate(
 
 @functools.partial(jax.jit, static_argnames=("precision",))
 def _update(state, xs, ys, mask, precision):
-  return minibatch_cka_groups_accumulate(state, minibatch._minibatch_hsic(xs, ys, mask, precision))
+  return minibatch_cka_groups_accumulate(state, minibatch.minibatch_hsic(xs, ys, mask=mask, precision=precision))
 
 
 def minibatch_cka_groups_update(

@@ -45,7 +45,7 @@ def default_num_candidates(n: int, k: int) -> int:
   return int(min(n - 1, 2 * k + 4))
 
 
-def _check_k(k, n: int, name: str = "k") -> int:
+def check_k(k, n: int, name: str = "k") -> int:
   if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
     raise ValueError(f"`{name}` must be a positive integer, got {k!r}.")
   k = int(k)
@@ -58,7 +58,7 @@ def _check_k(k, n: int, name: str = "k") -> int:
   return k
 
 
-def _float_features(x, name: str = "x") -> jax.Array:
+def float_features(x, name: str = "x") -> jax.Array:
   x = _checks.as_float_array(x, name)
   _checks.check_2d(x, name)
   if x.dtype in (jnp.float16, jnp.bfloat16):
@@ -66,7 +66,7 @@ def _float_features(x, name: str = "x") -> jax.Array:
   return x
 
 
-def _check_block_size(block_size) -> int:
+def check_block_size(block_size) -> int:
   if block_size is None:
     return DEFAULT_BLOCK_SIZE
   if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
@@ -74,7 +74,7 @@ def _check_block_size(block_size) -> int:
   return int(block_size)
 
 
-def _tile(n: int, block_size: int, num_candidates: int) -> int:
+def tile_size(n: int, block_size: int, num_candidates: int) -> int:
   """The tile actually used: at most `block_size`, no larger than n rounded up to 8, at least C."""
   return int(max(num_candidates, min(block_size, -(-n // 8) * 8)))
 
@@ -109,19 +109,19 @@ def knn_distances(
   Raises:
     ValueError: `x` not 2-D, holding NaN/Inf (checked when concrete), `k` not in `[1, n − 1]`.
   """
-  x = _float_features(x)
+  x = float_features(x)
   n = x.shape[0]
-  k = _check_k(k, n)
+  k = check_k(k, n)
   _checks.check_finite(x, "x")
-  c = default_num_candidates(n, k) if num_candidates is None else _check_k(num_candidates, n, "num_candidates")
+  c = default_num_candidates(n, k) if num_candidates is None else check_k(num_candidates, n, "num_candidates")
   if c < k:
     raise ValueError(f"`num_candidates`={c} must be at least `k`={k}.")
-  b = _tile(n, _check_block_size(block_size), c)
-  return _knn(x, k=k, num_candidates=c, block=b)
+  b = tile_size(n, check_block_size(block_size), c)
+  return knn_search(x, k=k, num_candidates=c, block=b)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_candidates", "block"))
-def _knn(x, *, k, num_candidates, block):
+def knn_search(x, *, k, num_candidates, block):
   # Every point's neighbours are among all the points, and the symmetric tile scan visits them all in
   # sequence, so points split over devices are gathered here (`parallel.sharded_knn_distances` instead splits
   # the queries over the devices, each ranking its own against all points).

@@ -99,7 +99,7 @@ def pca_init(num_features: int) -> PCAState:
   return PCAState(jnp.zeros((), jnp.int32), compensated.zeros((d,)), compensated.zeros((d, d)))
 
 
-def _batch_state(x: jax.Array, mask: jax.Array | None) -> PCAState:
+def pca_batch_state(x: jax.Array, mask: jax.Array | None) -> PCAState:
   """Count, mean (as an exact pivot + shift pair) and centred scatter of one batch."""
   dtype = compensated.accumulation_dtype()
   x = x.astype(dtype)
@@ -138,7 +138,7 @@ def _merge(a: PCAState, b: PCAState) -> PCAState:
 
 @jax.jit
 def _update(state, x, mask):
-  return _merge(state, _batch_state(x, mask))
+  return _merge(state, pca_batch_state(x, mask))
 
 
 def pca_update(state: PCAState, x: jax.Array, *, mask: jax.Array | None = None) -> PCAState:

@@ -35,7 +35,7 @@ from rsim_jax.kernels import _checks
 from rsim_jax.kernels import _pairs, _sharding
 from rsim_jax.kernels.features import center_features
 from rsim_jax.kernels.gram import DEFAULT_PRECISION
-from rsim_jax.kernels.hsic import _sum2d
+from rsim_jax.kernels.hsic import sum_2d
 
 
 class ProcrustesResult(NamedTuple):
@@ -57,7 +57,7 @@ def _factor(x: jax.Array) -> jax.Array:
   """`B` with `BBᵀ = X̂X̂ᵀ`: the centred, unit-norm features themselves when d ≤ n, else `Rᵀ` of `X̂ᵀ = QR`."""
   xc = center_features(x)
   n, d = xc.shape
-  norm = jnp.sqrt(_sum2d(xc * xc))
+  norm = jnp.sqrt(sum_2d(xc * xc))
   xc = xc / jnp.where(norm > 0, norm, jnp.nan)  # zero variance: NaN, reported by the callers
   if d > n:
     return jnp.linalg.qr(xc.T, mode="r").T
