@@ -151,16 +151,32 @@ def _stem(path: str) -> str:
 def cmd_study(args) -> int:
   import importlib
 
+  from rsim_jax import configs
+
   module = importlib.import_module(f"rsim_jax.studies.{args.name}")
-  cfg = module.get_config(args.config)
-  if args.dry_run:
-    # What would be trained, from the config alone: no data is read and nothing is written.
+  base = module.get_config(args.config)
+  where = f"{args.name}:{args.config}"
+  try:
+    cfg = configs.apply_overrides(base, args.set)
+    # What would be trained, from the config alone (no data is read, nothing is written); building every
+    # model's TrainConfig validates the overrides before anything trains.
     rows = module.plan(cfg) if hasattr(module, "plan") else [{"config": repr(cfg)}]
+  except ValueError as e:
+    raise SystemExit(f"rsim study {where}: {e}") from None
+  changed = configs.differences(configs.config_to_dict(base), configs.config_to_dict(cfg))
+  if changed:
+    print(f"{where} with {len(changed)} field(s) overridden (default → now):\n{configs.format_differences(changed)}")
+  if args.dry_run:
     for row in rows:
       print(json.dumps(row, default=str))
-    print(f"{len(rows)} model(s) in {args.name}:{args.config}")
+    print(f"{len(rows)} model(s) in {where}" + (f" with --set {' --set '.join(args.set)}" if args.set else ""))
     return 0
-  report = module.run(cfg, args.workdir or f"runs/{args.name}_{args.config}")
+  workdir = args.workdir or f"runs/{args.name}_{args.config}"
+  try:
+    configs.check_resume(workdir, cfg)  # records the effective config; refuses one that changes the results
+  except ValueError as e:
+    raise SystemExit(f"rsim study {where}: {e}") from None
+  report = module.run(cfg, workdir)
   print(f"wrote {report}")
   return 0
 
@@ -220,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--config", default="local", help="the study's variant (e.g. local, cifar10)")
   p.add_argument("--workdir", default=None, help="output directory (default runs/NAME_CONFIG)")
   p.add_argument("--dry-run", action="store_true", help="list the models the variant would train, then stop")
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="override a config field after --config (repeatable; dotted paths into fields and dicts, VALUE "
+                 "parsed as JSON, else a string), e.g. --set train.num_epochs=40 --set widths=[1,2,4]. The effective "
+                 "config is kept in WORKDIR/study_config.json; a rerun there whose config changes the results is "
+                 "refused")
   p.set_defaults(func=cmd_study)
 
   p = sub.add_parser("train", help="one training run; arguments as `python -m rsim_jax.train`", add_help=False)

@@ -21,6 +21,8 @@ Variants: `local` (a small conv DeepNet on scikit-learn digits, minutes; runs an
 images at 16×16), `paper` (the DeepNet of Recanatesi et al. on all of Fashion-MNIST, for accelerators),
 `tiny` (every stage in seconds: the multi-host test).
 Everything is cached in the work directory: a re-run trains nothing twice and re-analyses nothing.
+Overrides: `--set train.num_epochs=40 --set sample_size=200` (`rsim_jax.configs`); a work directory refuses a
+rerun whose config differs in a field outside `IntrinsicDimConfig.RUN_ONLY_FIELDS`.
 
 Multi-host (`rsim --multihost study intrinsic_dim ...` on every host): training and extraction span all
 hosts' devices; the sample is gathered to every process, so every process computes the same profiles;
@@ -34,7 +36,7 @@ import pathlib
 
 import numpy as np
 
-from rsim_jax import extract, io, parallel, plotting
+from rsim_jax import configs, extract, io, parallel, plotting
 from rsim_jax.analysis import intrinsic_dim
 
 
@@ -53,7 +55,11 @@ class IntrinsicDimConfig:
     seed: seed of the sample and of the subsets.
   """
 
-  train: dict
+  # `train` fields a work directory may change on resume (`configs.check_resume`). Not the checkpoint and
+  # evaluation intervals or the checkpoints kept: every checkpoint is profiled against its test accuracy.
+  RUN_ONLY_FIELDS = ("train.progress", "train.num_devices", "train.log_every_steps", "train.stream")
+
+  train: dict = configs.kwargs_of("rsim_jax.train.config:TrainConfig")
   sample_size: int = 1000
   fraction: float = 0.9
   repeats: int = 5

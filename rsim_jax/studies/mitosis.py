@@ -16,7 +16,8 @@ each network the last hidden layer ("pool") and the logits of every test image a
 
 Variants: `local` (WRN-10-k on scikit-learn digits, minutes), `cifar10_local` (WRN-10-k on 2,500 CIFAR-10
 images at 16×16), `cifar10` (WRN-28-k, k = 1…16, the paper's scale, for accelerators), `tiny` (every stage
-in seconds: the multi-host test).
+in seconds: the multi-host test). Overrides: `--set widths=[1,2] --set train.max_epochs=60` (`rsim_jax.configs`);
+a work directory refuses a rerun whose config differs in a field outside `MitosisConfig.RUN_ONLY_FIELDS`.
 
 Multi-host (`rsim --multihost study mitosis ...` on every host): training and extraction span all hosts'
 devices; the analyses run on the features gathered to every process, so every process computes the same
@@ -30,7 +31,7 @@ import pathlib
 
 import numpy as np
 
-from rsim_jax import extract, io, parallel, plotting
+from rsim_jax import configs, extract, io, parallel, plotting
 from rsim_jax.analysis import mitosis
 
 
@@ -51,7 +52,12 @@ class MitosisConfig:
     layer: the last hidden layer's name.
   """
 
-  train: dict
+  # `train` fields a work directory may change on resume (`configs.check_resume`): only the final networks are
+  # analysed, so evaluation and checkpoint intervals, like logging and device counts, leave the results alone.
+  RUN_ONLY_FIELDS = ("train.progress", "train.num_devices", "train.log_every_steps", "train.stream",
+                     "train.eval_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints")
+
+  train: dict = configs.kwargs_of("rsim_jax.train.config:TrainConfig")
   widths: tuple[int, ...]
   early_epochs: int | None = None
   ensemble_members: int = 4

@@ -17,6 +17,8 @@ Variants (`get_config`): "local" (scikit-learn digits, minutes on a 2-core CPU),
 subset at 16×16 from `../shared/data`, tens of minutes here), "cifar10" (the paper's grid, for accelerators),
 "imagenet" (ImageNet ResNets through tensorflow-datasets, for TPU/GPU VMs). `plan(cfg)` lists what a variant
 would train without training anything (`rsim study wide_deep --config V --dry-run`).
+Overrides: `--set train.num_epochs=40 --set widths=[1,2,4]` (`rsim_jax.configs`); a work directory refuses a
+rerun whose config differs in a field outside `WideDeepConfig.RUN_ONLY_FIELDS`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from rsim_jax import extract, io, plotting
+from rsim_jax import configs, extract, io, plotting
 from rsim_jax.analysis import block_structure, cross_model, output_errors, principal_components, probes, pruning
 
 Architecture = tuple[int, int]  # (depth, width multiplier)
@@ -102,7 +104,12 @@ class WideDeepConfig:
       grid (fraction 1, first seed).
   """
 
-  train: dict
+  # `train` fields a work directory may change on resume (`configs.check_resume`): only the final models are
+  # analysed, so evaluation and checkpoint intervals, like logging and device counts, leave the results alone.
+  RUN_ONLY_FIELDS = ("train.progress", "train.num_devices", "train.log_every_steps", "train.stream",
+                     "train.eval_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints")
+
+  train: dict = configs.kwargs_of("rsim_jax.train.config:TrainConfig", extra_keys={"train_examples": int | None})
   depths: tuple[int, ...]
   widths: tuple[int, ...]
   width_depths: tuple[int, ...]

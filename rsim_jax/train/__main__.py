@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
                       "experiments/train_configs/resnet_digits.py:local")
   parser.add_argument("--workdir", required=True, help="output directory (config, metrics, checkpoints)")
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                      help="override a config field (VALUE parsed as JSON), e.g. --set num_epochs=2")
+                      help="override a config field (VALUE parsed as JSON, else a string; dotted keys reach into dict "
+                      "fields), e.g. --set num_epochs=2 --set model_kwargs.depth=56")
   args = parser.parse_args(argv)
 
   from rsim_jax.train import config as config_lib  # noqa: PLC0415

@@ -14,7 +14,7 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-from rsim_jax import models
+from rsim_jax import configs, models
 
 SCHEDULES = ("cosine", "step", "constant")
 DTYPES = ("float32", "bfloat16")
@@ -81,6 +81,12 @@ class TrainConfig:
     num_devices: devices of the "data" mesh axis (None = all).
     progress: show a tqdm progress bar.
   """
+
+  # Fields that do not change a run's result: a run resumes under a config that differs only in these (it may
+  # resume on another machine; how often it evaluates, logs or saves, and streaming or in-memory data, give the
+  # same run). Any other difference is refused (`configs.check_resume`).
+  RUN_ONLY_FIELDS = ("progress", "num_devices", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+                     "log_every_steps", "stream")
 
   model: str = "resnet"
   model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"depth": 20})
@@ -237,13 +243,7 @@ def load_config(spec: str) -> TrainConfig:
 
 
 def parse_override(config: TrainConfig, assignment: str) -> TrainConfig:
-  """Applies `"field=value"` (value parsed as JSON, else taken as a string), e.g. `num_epochs=3`,
-  `model_kwargs={"depth": 56}`, `data=cifar10`."""
-  key, sep, raw = assignment.partition("=")
-  if not sep:
-    raise ValueError(f"Override {assignment!r} is not of the form field=value.")
-  try:
-    value = json.loads(raw)
-  except json.JSONDecodeError:
-    value = raw
-  return TrainConfig.from_dict({**config.to_dict(), key.strip(): value})
+  """Applies `"field=value"` or `"field.key=value"` (value parsed as JSON, else taken as a string), e.g.
+  `num_epochs=3`, `model_kwargs={"depth": 56}`, `model_kwargs.depth=56`, `data=cifar10`; the value must fit the
+  field's type (`rsim_jax.configs.apply_overrides`)."""
+  return configs.apply_overrides(config, [assignment])

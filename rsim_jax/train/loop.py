@@ -44,7 +44,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from rsim_jax import io, models, parallel
+from rsim_jax import configs, io, models, parallel
 from rsim_jax.train import optim
 from rsim_jax.train.checkpoint import Checkpointer, abstract_like
 from rsim_jax.train.config import TrainConfig
@@ -252,20 +252,9 @@ def evaluate(program: Program, params, model_state, ds, *, batch_size: int, mesh
 
 
 def _check_workdir_config(workdir, config: TrainConfig) -> None:
-  path = workdir / CONFIG_FILE
-  if path.exists():
-    saved = TrainConfig.from_json(path.read_text())
-    # A run may resume on another machine, and how often it evaluates, logs or saves does not change its result.
-    # Streaming or in-memory data give the same batches.
-    ignore = {"progress", "num_devices", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-              "log_every_steps", "stream"}
-    differ = sorted(k for k, v in config.to_dict().items() if k not in ignore and saved.to_dict()[k] != v)
-    if differ:
-      raise ValueError(
-          f"{workdir} holds a run with a different config (fields {differ} differ); use a new work "
-          "directory, or delete this one to start over."
-      )
-  io.write_text(path, config.to_json() + "\n")
+  """Writes config.json, or refuses a work directory holding a run of a config with another result (fields
+  outside `TrainConfig.RUN_ONLY_FIELDS` differ: `configs.check_resume`)."""
+  configs.check_resume(workdir, config, filename=CONFIG_FILE)
 
 
 def _interval(value: int | None, steps_per_epoch: int) -> int:

@@ -27,11 +27,11 @@ TIMINGS = ("per_sec", "seconds")
 DIFFERENCES = ("_contrast",)
 
 # Files each study leaves outside checkpoints/ (besides the models' config.json, run_info.json, metrics.jsonl and
-# final_metrics.json).
+# final_metrics.json); study_config.json is the effective config `rsim study` records (`configs.check_resume`).
 OUTPUTS = {
-    "mitosis": {"results.json", "report.md", "chunk_accuracy.png", "clones_vs_width.png", "wide_vs_ensemble.png",
-                "analysis/wrn10_1.json", "analysis/wrn10_1_seed1.json"},
-    "intrinsic_dim": {"results.json", "report.md", "id_profile.png", "participation_ratio.png",
+    "mitosis": {"study_config.json", "results.json", "report.md", "chunk_accuracy.png", "clones_vs_width.png",
+                "wide_vs_ensemble.png", "analysis/wrn10_1.json", "analysis/wrn10_1_seed1.json"},
+    "intrinsic_dim": {"study_config.json", "results.json", "report.md", "id_profile.png", "participation_ratio.png",
                       "id_vs_accuracy.png", "noise_id.png", "noise_gap.png", "scale_curves.png",
                       "analysis/profile_step0.json", "analysis/profile_step3.json", "analysis/profile_step6.json",
                       "analysis/profile_main_final.json", "analysis/profile_noise_b128_lr0.05_final.json",
@@ -44,7 +44,7 @@ _WIDE_DEEP_MODELS = ("resnet8_x1_seed0", "resnet8_x2_seed0", "resnet8_x1_seed1",
                      "resnet8_x1_seed0_zeroinit")
 _WIDE_DEEP_CROSS = ("cross_resnet8_x1_seed0__resnet8_x1_seed1", "cross_resnet8_x2_seed0__resnet8_x2_seed1")
 OUTPUTS["wide_deep"] = (
-    {"results.json", "report.md", "cka_grid_frac1_seed0.png", "cka_grid_init_frac1_seed0.png",
+    {"study_config.json", "results.json", "report.md", "cka_grid_frac1_seed0.png", "cka_grid_init_frac1_seed0.png",
      "cka_grid_pc1_removed.png", "pc1_fraction.png", "probe_accuracy.png", "pruning.png", "ablation_pc1.png",
      "output_differences.png"}
     | {f"analysis/{m}{suffix}" for m in _WIDE_DEEP_MODELS for suffix in (".json", "_cka.png")}
