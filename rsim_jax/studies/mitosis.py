@@ -33,6 +33,7 @@ import numpy as np
 
 from rsim_jax import configs, extract, io, parallel, plotting
 from rsim_jax.analysis import mitosis
+from rsim_jax.studies import skeleton
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +55,7 @@ class MitosisConfig:
 
   # `train` fields a work directory may change on resume (`configs.check_resume`): only the final networks are
   # analysed, so evaluation and checkpoint intervals, like logging and device counts, leave the results alone.
-  RUN_ONLY_FIELDS = ("train.progress", "train.num_devices", "train.log_every_steps", "train.stream",
-                     "train.eval_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints")
+  RUN_ONLY_FIELDS = skeleton.FINAL_MODELS_RUN_ONLY
 
   train: dict = configs.kwargs_of("rsim_jax.train.config:TrainConfig")
   widths: tuple[int, ...]
@@ -67,44 +67,59 @@ class MitosisConfig:
   layer: str = "pool"
 
 
+variants = skeleton.Variants("mitosis")
+
+
 def get_config(variant: str = "local") -> MitosisConfig:
-  """Variants: "local" (digits), "cifar10_local" (CPU), "cifar10" (the paper's scale)."""
-  if variant == "local":
-    return MitosisConfig(
-        train=dict(model="wide_resnet", model_kwargs={"depth": 10}, data="digits", data_kwargs={"image_size": 8},
-                   batch_size=128, eval_batch_size=360, num_epochs=15, lr=0.05, warmup_epochs=1,
-                   end_lr_fraction=0.02, weight_decay=5e-4, until_zero_train_error=True, max_epochs=40,
-                   progress=True),
-        # WRN-10-8 (W = 512) costs ~2.5 s a step on 2 cores, 7–15 min to fit: left to the accelerator variants.
-        widths=(1, 2, 4), early_epochs=3, ensemble_members=4,
-    )
-  if variant == "cifar10_local":
-    return MitosisConfig(
-        train=dict(model="wide_resnet", model_kwargs={"depth": 10}, data="cifar10", data_kwargs={"image_size": 16},
-                   train_subset=2500, batch_size=128, eval_batch_size=1000, num_epochs=30, lr=0.05, warmup_epochs=1,
-                   end_lr_fraction=0.02, weight_decay=5e-4, augment=False, until_zero_train_error=True,
-                   max_epochs=60, progress=True),
-        widths=(1, 2, 4), early_epochs=5, ensemble_members=2,
-    )
-  if variant == "cifar10":
-    # Doimo et al.: WRN-28-k on CIFAR-10, SGD momentum 0.9, lr 0.1 cosine, weight decay 5e-4, crop + flip,
-    # trained on to zero training error.
-    return MitosisConfig(
-        train=dict(model="wide_resnet", model_kwargs={"depth": 28}, data="cifar10", batch_size=128,
-                   eval_batch_size=1000, num_epochs=200, lr=0.1, warmup_epochs=1, end_lr_fraction=0.01,
-                   weight_decay=5e-4, augment=True, until_zero_train_error=True, max_epochs=300),
-        widths=(1, 2, 4, 8, 16), early_epochs=30, ensemble_members=4,
-    )
-  if variant == "tiny":
-    # Every stage (zero-error family with its early twin, an ensemble member, analyses, figures) in seconds on a
-    # CPU; no claim about mitosis. The multi-host test runs it in 2 processes and in 1.
-    return MitosisConfig(
-        train=dict(model="wide_resnet", model_kwargs={"depth": 10}, data="digits", data_kwargs={"image_size": 8},
-                   batch_size=64, eval_batch_size=360, num_epochs=1, num_steps=6, lr=0.05, warmup_epochs=0,
-                   until_zero_train_error=False, progress=False),
-        widths=(1,), early_epochs=None, ensemble_members=2, num_chunks=5,
-    )
-  raise ValueError(f"Unknown mitosis variant {variant!r}; choose 'local', 'cifar10_local', 'cifar10' or 'tiny'.")
+  """Variants: "local" (digits), "cifar10_local" (CPU), "cifar10" (the paper's scale), "tiny" (seconds)."""
+  return variants.get(variant)
+
+
+@variants("local")
+def _local() -> MitosisConfig:
+  return MitosisConfig(
+      train=dict(model="wide_resnet", model_kwargs={"depth": 10}, data="digits", data_kwargs={"image_size": 8},
+                 batch_size=128, eval_batch_size=360, num_epochs=15, lr=0.05, warmup_epochs=1,
+                 end_lr_fraction=0.02, weight_decay=5e-4, until_zero_train_error=True, max_epochs=40,
+                 progress=True),
+      # WRN-10-8 (W = 512) costs ~2.5 s a step on 2 cores, 7–15 min to fit: left to the accelerator variants.
+      widths=(1, 2, 4), early_epochs=3, ensemble_members=4,
+  )
+
+
+@variants("cifar10_local")
+def _cifar10_local() -> MitosisConfig:
+  return MitosisConfig(
+      train=dict(model="wide_resnet", model_kwargs={"depth": 10}, data="cifar10", data_kwargs={"image_size": 16},
+                 train_subset=2500, batch_size=128, eval_batch_size=1000, num_epochs=30, lr=0.05, warmup_epochs=1,
+                 end_lr_fraction=0.02, weight_decay=5e-4, augment=False, until_zero_train_error=True,
+                 max_epochs=60, progress=True),
+      widths=(1, 2, 4), early_epochs=5, ensemble_members=2,
+  )
+
+
+@variants("cifar10")
+def _cifar10() -> MitosisConfig:
+  # Doimo et al.: WRN-28-k on CIFAR-10, SGD momentum 0.9, lr 0.1 cosine, weight decay 5e-4, crop + flip,
+  # trained on to zero training error.
+  return MitosisConfig(
+      train=dict(model="wide_resnet", model_kwargs={"depth": 28}, data="cifar10", batch_size=128,
+                 eval_batch_size=1000, num_epochs=200, lr=0.1, warmup_epochs=1, end_lr_fraction=0.01,
+                 weight_decay=5e-4, augment=True, until_zero_train_error=True, max_epochs=300),
+      widths=(1, 2, 4, 8, 16), early_epochs=30, ensemble_members=4,
+  )
+
+
+@variants("tiny")
+def _tiny() -> MitosisConfig:
+  # Every stage (zero-error family with its early twin, an ensemble member, analyses, figures) in seconds on a
+  # CPU; no claim about mitosis. The multi-host test runs it in 2 processes and in 1.
+  return MitosisConfig(
+      train=dict(model="wide_resnet", model_kwargs={"depth": 10}, data="digits", data_kwargs={"image_size": 8},
+                 batch_size=64, eval_batch_size=360, num_epochs=1, num_steps=6, lr=0.05, warmup_epochs=0,
+                 until_zero_train_error=False, progress=False),
+      widths=(1,), early_epochs=None, ensemble_members=2, num_chunks=5,
+  )
 
 
 def _runs(cfg: MitosisConfig):
@@ -129,9 +144,10 @@ def _runs(cfg: MitosisConfig):
 
 def plan(cfg: MitosisConfig) -> list[dict]:
   """The networks `run` would train (a dry run)."""
-  return [{"name": name, "kind": kind, "model": tc.model, "model_kwargs": dict(tc.model_kwargs), "data": tc.data,
-           "num_epochs": tc.num_epochs, "until_zero_train_error": tc.until_zero_train_error}
-          for name, _, kind, tc in _runs(cfg)]
+  runs = _runs(cfg)
+  return skeleton.plan_rows([(name, tc) for name, _, _, tc in runs],
+                            ("model", "model_kwargs", "data", "num_epochs", "until_zero_train_error"),
+                            extra={name: {"kind": kind} for name, _, kind, _ in runs})
 
 
 def _features(cfg, model, config):
@@ -150,10 +166,10 @@ def _features(cfg, model, config):
 
 def analyse(cfg: MitosisConfig, name: str, width: int, run_dir: io.PathLike, cache: io.PathLike) -> dict:
   """Chunk accuracy, c*, clones, chunk R² and residual correlation of one trained network (cached)."""
-  run_dir, cache = io.path(run_dir), io.path(cache)
-  # As process 0 sees it: a process that skipped the extraction would leave the others in its collectives.
-  if io.agreed_exists(cache):
-    return io.read_json(cache)
+  return skeleton.cached_json(cache, lambda: _analyse(cfg, name, width, io.path(run_dir)))
+
+
+def _analyse(cfg: MitosisConfig, name: str, width: int, run_dir) -> dict:
   from rsim_jax.train import load_model
 
   model, config = load_model(run_dir)
@@ -175,26 +191,22 @@ def analyse(cfg: MitosisConfig, name: str, width: int, run_dir: io.PathLike, cac
   }
   if 2 * c_star <= neurons:
     out["residual_correlation"] = mitosis.chunk_residual_correlation(features, logits, chunk_size=c_star, num_pairs=5)
-  io.write_json(cache, out, indent=None)
   return out
 
 
 def run(cfg: MitosisConfig, workdir: io.PathLike):
   """Runs (or resumes) the study in `workdir` (local or `gs://…`); returns the path of `report.md`."""
-  from rsim_jax.train import train
-
   workdir = io.path(workdir)
   runs = _runs(cfg)
-  results = {}
-  for i, (name, width, kind, tc) in enumerate(runs):
-    print(f"[{i + 1}/{len(runs)}] {name} ({kind})", flush=True)
-    train(tc, workdir / "models" / name)
-    results[name] = {"kind": kind, **analyse(cfg, name, width, workdir / "models" / name,
-                                             workdir / "analysis" / f"{name}.json")}
+  widths, kinds = {name: w for name, w, _, _ in runs}, {name: kind for name, _, kind, _ in runs}
+
+  def analysed(name, run_dir, _):
+    return {"kind": kinds[name], **analyse(cfg, name, widths[name], run_dir, workdir / "analysis" / f"{name}.json")}
+
+  results = skeleton.train_all([(name, tc) for name, _, _, tc in runs], workdir, then=analysed, notes=kinds)
   summary = _summary(cfg, runs, results)
-  io.write_json(workdir / "results.json",
-                {"summary": summary, "models": {n: {k: v for k, v in r.items() if k not in ("logits", "labels")}
-                                                for n, r in results.items()}}, indent=1)
+  models = {n: {k: v for k, v in r.items() if k not in ("logits", "labels")} for n, r in results.items()}
+  skeleton.write_results(workdir, {"summary": summary, "models": models})
   figures = _figures(cfg, runs, results, summary, workdir)
   return write_report(cfg, runs, results, summary, figures, workdir)
 
@@ -249,35 +261,34 @@ def _figures(cfg, runs, results, summary, workdir) -> list[pathlib.Path]:
   return figures
 
 
-def _f(x, spec=".3f") -> str:
-  return "–" if x is None else format(x, spec)
-
-
 def write_report(cfg, runs, results, summary, figures, workdir):
-  lines = ["# Representation mitosis (Doimo et al.): clones in the last hidden layer", "",
-           f"Chunk accuracy: {cfg.num_chunks} random chunks of c neurons of `{cfg.layer}` per size, read out by the "
-           f"trained head with the chunk's contribution × W/c. c* = smallest c within {cfg.tolerance:g} of the full "
-           "layer's accuracy; clones = W / c*. Residual correlation: two disjoint chunks of size c* predicting the "
-           "logits by ridge regression, Pearson correlation of their held-out residuals.", "",
-           "| network | kind | W | epochs | train acc | test acc | c* | clones | chunk R² at c* | residual corr. |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  f = skeleton.fmt
+  rows = []
   for name, _, kind, _ in runs:
     r = results[name]
-    sizes, r2 = np.array(r["r2"]["chunk_sizes"]), np.array(r["r2"]["mean"])
-    r2_at = float(np.interp(r["saturation_chunk_size"], sizes, r2))
+    r2_at = float(np.interp(r["saturation_chunk_size"], r["r2"]["chunk_sizes"], r["r2"]["mean"]))
     rc = r.get("residual_correlation")
-    lines.append(f"| {name} | {kind} | {r['neurons']} | {_f(r['epochs'], '.0f')} | {_f(r['train_accuracy'])} | "
-                 f"{r['test_accuracy']:.3f} | {r['saturation_chunk_size']} | {r['clones']:.1f} | {r2_at:.3f} | "
-                 f"{_f(rc['mean'] if rc else None, '.2f')} |")
-  for kind, label in (("zero_error", "trained to zero training error"), ("early", f"stopped after {cfg.early_epochs} epochs")):
+    rows.append([name, kind, r["neurons"], f(r["epochs"], ".0f"), f(r["train_accuracy"]), f(r["test_accuracy"]),
+                 r["saturation_chunk_size"], f(r["clones"], ".1f"), f(r2_at), f(rc["mean"] if rc else None, ".2f")])
+  blocks = [
+      "# Representation mitosis (Doimo et al.): clones in the last hidden layer",
+      f"Chunk accuracy: {cfg.num_chunks} random chunks of c neurons of `{cfg.layer}` per size, read out by the "
+      f"trained head with the chunk's contribution × W/c. c* = smallest c within {cfg.tolerance:g} of the full "
+      "layer's accuracy; clones = W / c*. Residual correlation: two disjoint chunks of size c* predicting the "
+      "logits by ridge regression, Pearson correlation of their held-out residuals.",
+      skeleton.table(["network", "kind", "W", "epochs", "train acc", "test acc", "c*", "clones", "chunk R² at c*",
+                      "residual corr."], rows, "llrrrrrrrr"),
+  ]
+  for kind, label in (("zero_error", "trained to zero training error"),
+                      ("early", f"stopped after {cfg.early_epochs} epochs")):
     if kind in summary:
       s = summary[kind]
-      lines += ["", f"- Clones vs width ({label}): " + ", ".join(f"W={w}: {c:.1f}" for w, c in zip(s["neurons"], s["clones"]))
-                + f"; critical width (≥ {cfg.clone_threshold:g} clones from there on): {s['critical_width'] or 'none'}."]
+      blocks.append(f"- Clones vs width ({label}): " + ", ".join(f"W={w}: {c:.1f}" for w, c in zip(s["neurons"],
+                                                                                                  s["clones"]))
+                    + f"; critical width (≥ {cfg.clone_threshold:g} clones from there on): "
+                    f"{s['critical_width'] or 'none'}.")
   if "ensemble" in summary:
-    lines += ["", "| members | total W | ensemble acc | wide net acc |", "|---:|---:|---:|---:|"]
-    for row in summary["ensemble"]:
-      lines.append(f"| {row['members']} | {row['total_neurons']} | {row['ensemble_accuracy']:.3f} | "
-                   f"{_f(row['wide_accuracy'])} |")
-  lines += ["", "Figures:", ""] + [f"- ![{p.stem}]({p.name})" for p in figures]
-  return io.write_text(workdir / "report.md", "\n".join(lines) + "\n")
+    blocks.append(skeleton.table(["members", "total W", "ensemble acc", "wide net acc"],
+                                 [[r["members"], r["total_neurons"], f(r["ensemble_accuracy"]), f(r["wide_accuracy"])]
+                                  for r in summary["ensemble"]], "rrrr"))
+  return skeleton.write_report(workdir, blocks, figures)
