@@ -36,8 +36,9 @@ import pathlib
 
 import numpy as np
 
-from rsim_jax import configs, extract, io, parallel, plotting
+from rsim_jax import configs, extract, io, plotting
 from rsim_jax.analysis import intrinsic_dim
+from rsim_jax.studies import skeleton
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,7 @@ class IntrinsicDimConfig:
 
   # `train` fields a work directory may change on resume (`configs.check_resume`). Not the checkpoint and
   # evaluation intervals or the checkpoints kept: every checkpoint is profiled against its test accuracy.
-  RUN_ONLY_FIELDS = ("train.progress", "train.num_devices", "train.log_every_steps", "train.stream")
+  RUN_ONLY_FIELDS = skeleton.RUN_ONLY
 
   train: dict = configs.kwargs_of("rsim_jax.train.config:TrainConfig")
   sample_size: int = 1000
@@ -69,59 +70,76 @@ class IntrinsicDimConfig:
   seed: int = 0
 
 
+variants = skeleton.Variants("intrinsic_dim")
+
+
 def get_config(variant: str = "local") -> IntrinsicDimConfig:
-  """Variants: "local" (digits), "fmnist_local", "cifar10_local" (CPU), "paper" (accelerators)."""
-  if variant == "local":
-    # Digits at 16×16 through conv(16) → pool → conv(32) → pool → dense(128) → dense(64); 20 epochs ≈ 1 min.
-    # The test split has 360 images: the ID sample is all of them.
-    return IntrinsicDimConfig(
-        train=dict(model="deepnet", model_kwargs={"conv_features": (16, 32), "dense_features": (128, 64),
-                                                  "kernel_size": 3},
-                   data="digits", data_kwargs={"image_size": 16}, batch_size=64, eval_batch_size=360,
-                   num_epochs=20, lr=0.05, schedule="cosine", weight_decay=1e-4, keep_checkpoints=100,
-                   progress=True),
-        sample_size=360,
-        # lr/B four times larger (B=16), four times smaller by two routes (B=256; lr/4). lr=0.2 at B=64
-        # diverged (every ReLU of the dense layers dead).
-        noise=((16, 0.05), (256, 0.05), (64, 0.0125)),
-    )
-  if variant == "fmnist_local":
-    return IntrinsicDimConfig(
-        train=dict(model="deepnet", model_kwargs={"conv_features": (16, 32), "dense_features": (128, 64)},
-                   data="fashion_mnist", train_subset=6000, batch_size=128, eval_batch_size=1000, num_epochs=12,
-                   lr=0.05, schedule="cosine", weight_decay=1e-4, keep_checkpoints=100, progress=True),
-        sample_size=1000, noise=((32, 0.05), (512, 0.05)),
-    )
-  if variant == "cifar10_local":
-    return IntrinsicDimConfig(
-        train=dict(model="resnet", model_kwargs={"depth": 20, "zero_init_last_bn": True}, data="cifar10",
-                   data_kwargs={"image_size": 16}, train_subset=2500, batch_size=128, eval_batch_size=1000,
-                   num_epochs=40, lr=0.1, warmup_epochs=1, weight_decay=5e-4, augment=False,
-                   checkpoint_every_steps=100, eval_every_steps=100, keep_checkpoints=100,
-                   progress=True),  # eval at every checkpoint: the ID-vs-accuracy curve needs both
-        sample_size=1000,
-    )
-  if variant == "paper":
-    # Recanatesi et al. 2019: a conv net on Fashion-MNIST, plain SGD; noise scale varied through B and lr.
-    return IntrinsicDimConfig(
-        train=dict(model="deepnet", model_kwargs={"conv_features": (32, 64), "dense_features": (256, 128)},
-                   data="fashion_mnist", batch_size=64, eval_batch_size=1000, num_epochs=30, lr=0.01,
-                   schedule="constant", weight_decay=0.0, keep_checkpoints=100),
-        sample_size=2000, noise=((16, 0.01), (256, 0.01), (64, 0.04), (64, 0.0025)),
-    )
-  if variant == "tiny":
-    # Every stage (checkpoints, profiles, an SGD-noise run, scale curves, figures) in seconds on a CPU; no claim
-    # about intrinsic dimension. The multi-host test runs it in 2 processes and in 1.
-    return IntrinsicDimConfig(
-        train=dict(model="deepnet", model_kwargs={"conv_features": (4, 8), "dense_features": (16,),
-                                                  "kernel_size": 3},
-                   data="digits", data_kwargs={"image_size": 8}, batch_size=64, eval_batch_size=360,
-                   num_epochs=1, num_steps=6, checkpoint_every_steps=3, eval_every_steps=3, lr=0.05,
-                   keep_checkpoints=10, progress=False),
-        sample_size=200, repeats=2, noise=((128, 0.05),), num_scales=2,
-    )
-  raise ValueError(f"Unknown intrinsic_dim variant {variant!r}; choose 'local', 'fmnist_local', 'cifar10_local', "
-                   "'paper' or 'tiny'.")
+  """Variants: "local" (digits), "fmnist_local", "cifar10_local" (CPU), "paper" (accelerators), "tiny" (seconds)."""
+  return variants.get(variant)
+
+
+@variants("local")
+def _local() -> IntrinsicDimConfig:
+  # Digits at 16×16 through conv(16) → pool → conv(32) → pool → dense(128) → dense(64); 20 epochs ≈ 1 min.
+  # The test split has 360 images: the ID sample is all of them.
+  return IntrinsicDimConfig(
+      train=dict(model="deepnet", model_kwargs={"conv_features": (16, 32), "dense_features": (128, 64),
+                                                "kernel_size": 3},
+                 data="digits", data_kwargs={"image_size": 16}, batch_size=64, eval_batch_size=360,
+                 num_epochs=20, lr=0.05, schedule="cosine", weight_decay=1e-4, keep_checkpoints=100,
+                 progress=True),
+      sample_size=360,
+      # lr/B four times larger (B=16), four times smaller by two routes (B=256; lr/4). lr=0.2 at B=64
+      # diverged (every ReLU of the dense layers dead).
+      noise=((16, 0.05), (256, 0.05), (64, 0.0125)),
+  )
+
+
+@variants("fmnist_local")
+def _fmnist_local() -> IntrinsicDimConfig:
+  return IntrinsicDimConfig(
+      train=dict(model="deepnet", model_kwargs={"conv_features": (16, 32), "dense_features": (128, 64)},
+                 data="fashion_mnist", train_subset=6000, batch_size=128, eval_batch_size=1000, num_epochs=12,
+                 lr=0.05, schedule="cosine", weight_decay=1e-4, keep_checkpoints=100, progress=True),
+      sample_size=1000, noise=((32, 0.05), (512, 0.05)),
+  )
+
+
+@variants("cifar10_local")
+def _cifar10_local() -> IntrinsicDimConfig:
+  return IntrinsicDimConfig(
+      train=dict(model="resnet", model_kwargs={"depth": 20, "zero_init_last_bn": True}, data="cifar10",
+                 data_kwargs={"image_size": 16}, train_subset=2500, batch_size=128, eval_batch_size=1000,
+                 num_epochs=40, lr=0.1, warmup_epochs=1, weight_decay=5e-4, augment=False,
+                 checkpoint_every_steps=100, eval_every_steps=100, keep_checkpoints=100,
+                 progress=True),  # eval at every checkpoint: the ID-vs-accuracy curve needs both
+      sample_size=1000,
+  )
+
+
+@variants("paper")
+def _paper() -> IntrinsicDimConfig:
+  # Recanatesi et al. 2019: a conv net on Fashion-MNIST, plain SGD; noise scale varied through B and lr.
+  return IntrinsicDimConfig(
+      train=dict(model="deepnet", model_kwargs={"conv_features": (32, 64), "dense_features": (256, 128)},
+                 data="fashion_mnist", batch_size=64, eval_batch_size=1000, num_epochs=30, lr=0.01,
+                 schedule="constant", weight_decay=0.0, keep_checkpoints=100),
+      sample_size=2000, noise=((16, 0.01), (256, 0.01), (64, 0.04), (64, 0.0025)),
+  )
+
+
+@variants("tiny")
+def _tiny() -> IntrinsicDimConfig:
+  # Every stage (checkpoints, profiles, an SGD-noise run, scale curves, figures) in seconds on a CPU; no claim
+  # about intrinsic dimension. The multi-host test runs it in 2 processes and in 1.
+  return IntrinsicDimConfig(
+      train=dict(model="deepnet", model_kwargs={"conv_features": (4, 8), "dense_features": (16,),
+                                                "kernel_size": 3},
+                 data="digits", data_kwargs={"image_size": 8}, batch_size=64, eval_batch_size=360,
+                 num_epochs=1, num_steps=6, checkpoint_every_steps=3, eval_every_steps=3, lr=0.05,
+                 keep_checkpoints=10, progress=False),
+      sample_size=200, repeats=2, noise=((128, 0.05),), num_scales=2,
+  )
 
 
 def _train_config(cfg: IntrinsicDimConfig, **overrides):
@@ -132,11 +150,7 @@ def _train_config(cfg: IntrinsicDimConfig, **overrides):
 
 def plan(cfg: IntrinsicDimConfig) -> list[dict]:
   """The runs `run` would train (a dry run)."""
-  rows = []
-  for name, tc in _runs(cfg):
-    rows.append({"name": name, "model": tc.model, "model_kwargs": dict(tc.model_kwargs), "data": tc.data,
-                 "batch_size": tc.batch_size, "lr": tc.lr, "num_epochs": tc.num_epochs})
-  return rows
+  return skeleton.plan_rows(_runs(cfg), ("model", "model_kwargs", "data", "batch_size", "lr", "num_epochs"))
 
 
 def _runs(cfg: IntrinsicDimConfig):
@@ -155,10 +169,7 @@ def _sample(cfg: IntrinsicDimConfig, model, config) -> tuple[dict[str, np.ndarra
   from rsim_jax import data
 
   ds = data.load(config.data, config.eval_split, **config.data_kwargs)
-  # `split_batches` takes a batch per device; `eval_batch_size` is the training run's global one (no CKA here,
-  # so the per-device size only sets memory and padding).
-  devices = parallel.data_mesh().shape[parallel.DATA_AXIS]
-  batches, total = extract.split_batches(config, batch_size=-(-config.eval_batch_size // devices))
+  batches, total, _ = skeleton.eval_batches(config)
   comparison = extract.compare_models(model, batches, cka=False, sample_size=cfg.sample_size, sample_seed=cfg.seed,
                                       total=total, progress=False)
   # Raw pixels: the model's per-channel normalisation is affine, and TwoNN is invariant to a global one.
@@ -173,15 +184,15 @@ def _test_metrics(run_dir) -> dict[int, dict]:
   return {int(m["step"]): m for m in read_metrics(run_dir) if m.get("split") == "test"}
 
 
-def _profile(cfg, model, config, cache) -> dict:
-  # As process 0 sees it: a process that skipped the extraction would leave the others in its collectives.
-  if io.agreed_exists(cache):
-    return io.read_json(cache)
-  acts, _ = _sample(cfg, model, config)
-  profile = intrinsic_dim.id_profile(acts, fraction=cfg.fraction, repeats=cfg.repeats, seed=cfg.seed)
-  out = {"profile": profile.to_json(), "shape": intrinsic_dim.profile_shape(profile).to_json()}
-  io.write_json(cache, out, indent=None)
-  return out
+def _profile(cfg, model_fn, config, cache) -> dict:
+  """The ID profile and its shape of the network `model_fn()` loads (loaded only when not cached)."""
+
+  def compute():
+    acts, _ = _sample(cfg, model_fn(), config)
+    profile = intrinsic_dim.id_profile(acts, fraction=cfg.fraction, repeats=cfg.repeats, seed=cfg.seed)
+    return {"profile": profile.to_json(), "shape": intrinsic_dim.profile_shape(profile).to_json()}
+
+  return skeleton.cached_json(cache, compute)
 
 
 def _last_hidden(names) -> str:
@@ -191,23 +202,21 @@ def _last_hidden(names) -> str:
 
 def run(cfg: IntrinsicDimConfig, workdir: io.PathLike):
   """Runs (or resumes) the study in `workdir` (local or `gs://…`); returns the path of `report.md`."""
-  from rsim_jax.train import checkpoint_steps, load_initial_model, load_model, train
+  from rsim_jax.train import checkpoint_steps, load_initial_model, load_model
 
   workdir = io.path(workdir)
   analysis = workdir / "analysis"
   runs = _runs(cfg)
-  finals = {}
-  for i, (name, tc) in enumerate(runs):
-    print(f"[{i + 1}/{len(runs)}] train {name}", flush=True)
-    finals[name] = train(tc, workdir / "models" / name)
-  main_dir = workdir / "models" / "main"
+  finals = skeleton.train_all(runs, workdir)
+  main_dir = skeleton.model_dir(workdir, "main")
   config = runs[0][1]
   steps = checkpoint_steps(main_dir)
   tests = _test_metrics(main_dir)
   print(f"ID profiles: initialisation + {len(steps)} checkpoints", flush=True)
-  profiles = {0: _profile(cfg, load_initial_model(main_dir), config, analysis / "profile_step0.json")}
+  profiles = {0: _profile(cfg, lambda: load_initial_model(main_dir), config, analysis / "profile_step0.json")}
   for step in steps:
-    profiles[step] = _profile(cfg, load_model(main_dir, step=step)[0], config, analysis / f"profile_step{step}.json")
+    profiles[step] = _profile(cfg, lambda: load_model(main_dir, step=step)[0], config,
+                              analysis / f"profile_step{step}.json")
   final_step = steps[-1]
   names = profiles[final_step]["profile"]["layer_names"]
   last = _last_hidden(names)
@@ -217,31 +226,27 @@ def run(cfg: IntrinsicDimConfig, workdir: io.PathLike):
     test = tests.get(step, {})
     trajectory.append({"step": step, "test_accuracy": test.get("accuracy"), "input_id": ids["input"],
                        "last_hidden_id": ids[last], "peak_id": p["shape"]["peak"], "peak_layer": p["shape"]["peak_layer"]})
-  noise = []
-  for name, tc in runs:
+
+  def noise_entry(name, tc):
+    entry = _profile(cfg, lambda: load_model(skeleton.model_dir(workdir, name))[0], tc,
+                     analysis / f"profile_{name}_final.json")
     final = finals[name]
-    cache = analysis / f"noise_{name}.json"
-    if io.agreed_exists(cache):
-      entry = io.read_json(cache)
-    else:
-      entry = _profile(cfg, load_model(workdir / "models" / name)[0], tc, analysis / f"profile_{name}_final.json")
-      entry = {"name": name, "batch_size": tc.batch_size, "lr": tc.lr, "noise_scale": tc.lr / tc.batch_size,
-               "train_accuracy": final.get("train_accuracy"), "test_accuracy": final.get("test_accuracy"),
-               "last_hidden_id": dict(zip(entry["profile"]["layer_names"], entry["profile"]["intrinsic_dim"]))[last],
-               "collapsed_layers": entry["profile"].get("collapsed", [])}
-      io.write_json(cache, entry, indent=None)
-    noise.append(entry)
-  scale_cache = analysis / "scale_curves.json"
-  if io.agreed_exists(scale_cache):
-    scales = io.read_json(scale_cache)
-  else:
-    layers = cfg.scale_layers or ("input", names[len(names) // 2], last)
+    return {"name": name, "batch_size": tc.batch_size, "lr": tc.lr, "noise_scale": tc.lr / tc.batch_size,
+            "train_accuracy": final.get("train_accuracy"), "test_accuracy": final.get("test_accuracy"),
+            "last_hidden_id": dict(zip(entry["profile"]["layer_names"], entry["profile"]["intrinsic_dim"]))[last],
+            "collapsed_layers": entry["profile"].get("collapsed", [])}
+
+  noise = [skeleton.cached_json(analysis / f"noise_{name}.json", lambda: noise_entry(name, tc)) for name, tc in runs]
+
+  def scale_curves():
     acts, _ = _sample(cfg, load_model(main_dir)[0], config)
-    scales = intrinsic_dim.id_scale_curves(acts, layers, seed=cfg.seed, num_scales=cfg.num_scales)
-    io.write_json(scale_cache, scales, indent=None)
+    layers = cfg.scale_layers or ("input", names[len(names) // 2], last)
+    return intrinsic_dim.id_scale_curves(acts, layers, seed=cfg.seed, num_scales=cfg.num_scales)
+
+  scales = skeleton.cached_json(analysis / "scale_curves.json", scale_curves)
   results = {"profiles": {str(k): v for k, v in profiles.items()}, "trajectory": trajectory, "noise": noise,
              "scale_curves": scales, "last_hidden_layer": last, "final": finals["main"]}
-  io.write_json(workdir / "results.json", results, indent=1, default=float)
+  skeleton.write_results(workdir, results, default=float)
   figures = _figures(results, final_step, workdir)
   return write_report(cfg, results, final_step, figures, workdir)
 
@@ -281,46 +286,38 @@ def _figures(results: dict, final_step: int, workdir) -> list[pathlib.Path]:
   return figures
 
 
-def _f(x, spec=".2f") -> str:
-  return "–" if x is None else format(x, spec)
-
-
 def write_report(cfg, results, final_step, figures, workdir):
-  init = results["profiles"]["0"]
-  final = results["profiles"][str(final_step)]
-  lines = [
-      "# Intrinsic dimension across layers (Recanatesi et al. 2019; Ansuini et al. 2019)", "",
-      f"TwoNN on random {cfg.fraction:.0%} subsets of a fixed sample of {final['profile']['num_points']} test "
+  f = skeleton.fmt
+  init, final = results["profiles"]["0"], results["profiles"][str(final_step)]
+  p, q = init["profile"], final["profile"]
+  layers = [[name, q["embedding_dim"][i], f"{p['intrinsic_dim'][i]:.1f} ± {p['intrinsic_dim_std'][i]:.1f}",
+             f"{q['intrinsic_dim'][i]:.1f} ± {q['intrinsic_dim_std'][i]:.1f}", f"{p['participation_ratio'][i]:.1f}",
+             f"{q['participation_ratio'][i]:.1f}"] for i, name in enumerate(q["layer_names"])]
+  blocks = [
+      "# Intrinsic dimension across layers (Recanatesi et al. 2019; Ansuini et al. 2019)",
+      f"TwoNN on random {cfg.fraction:.0%} subsets of a fixed sample of {q['num_points']} test "
       f"examples ({cfg.repeats} repeats, mean ± std), participation ratio (PR) of each layer's covariance. "
       f"Final test accuracy {results['final'].get('test_accuracy', float('nan')):.3f}, train accuracy "
-      f"{_f(results['final'].get('train_accuracy'), '.3f')}.", "",
-      "| layer | features | ID at init | ID trained | PR at init | PR trained |", "|---|---:|---:|---:|---:|---:|",
+      f"{f(results['final'].get('train_accuracy'))}.",
+      skeleton.table(["layer", "features", "ID at init", "ID trained", "PR at init", "PR trained"], layers, "lrrrrr"),
   ]
-  for i, name in enumerate(final["profile"]["layer_names"]):
-    p, q = init["profile"], final["profile"]
-    lines.append(f"| {name} | {q['embedding_dim'][i]} | {p['intrinsic_dim'][i]:.1f} ± {p['intrinsic_dim_std'][i]:.1f} | "
-                 f"{q['intrinsic_dim'][i]:.1f} ± {q['intrinsic_dim_std'][i]:.1f} | {p['participation_ratio'][i]:.1f} | "
-                 f"{q['participation_ratio'][i]:.1f} |")
   for label, s in (("initialisation", init["shape"]), ("trained", final["shape"])):
-    lines.append("")
-    lines.append(f"- Profile shape ({label}, logits excluded): peak at `{s['peak_layer']}` (ID {s['peak']:.1f}); "
-                 f"expansion input → peak ×{s['expansion']:.2f} ({'yes' if s['expands'] else 'no'}), compression "
-                 f"peak → last ×{s['compression']:.2f} ({'yes' if s['compresses'] else 'no'}).")
-  lines += ["", "## Across training", "", "| step | test acc | input ID | last hidden ID | peak ID (layer) |",
-            "|---:|---:|---:|---:|---|"]
-  for t in results["trajectory"]:
-    lines.append(f"| {t['step']} | {_f(t['test_accuracy'], '.3f')} | {t['input_id']:.1f} | {t['last_hidden_id']:.1f} | "
-                 f"{t['peak_id']:.1f} ({t['peak_layer']}) |")
-  lines += ["", "## SGD noise", "", "| run | batch | lr | lr/B | train acc | test acc | gap | last hidden ID |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    blocks.append(f"- Profile shape ({label}, logits excluded): peak at `{s['peak_layer']}` (ID {s['peak']:.1f}); "
+                  f"expansion input → peak ×{s['expansion']:.2f} ({'yes' if s['expands'] else 'no'}), compression "
+                  f"peak → last ×{s['compression']:.2f} ({'yes' if s['compresses'] else 'no'}).")
+  trajectory = [[t["step"], f(t["test_accuracy"]), f"{t['input_id']:.1f}", f"{t['last_hidden_id']:.1f}",
+                 f"{t['peak_id']:.1f} ({t['peak_layer']})"] for t in results["trajectory"]]
+  blocks += ["## Across training", skeleton.table(["step", "test acc", "input ID", "last hidden ID",
+                                                   "peak ID (layer)"], trajectory, "rrrrl")]
+  noise = []
   for e in sorted(results["noise"], key=lambda e: e["noise_scale"]):
     gap = None if e["train_accuracy"] is None else e["train_accuracy"] - e["test_accuracy"]
-    lines.append(f"| {e['name']} | {e['batch_size']} | {e['lr']:g} | {e['noise_scale']:.2e} | {_f(e['train_accuracy'], '.3f')}"
-                 f" | {e['test_accuracy']:.3f} | {_f(gap, '.3f')} | {e['last_hidden_id']:.1f}"
-                 + (f" (collapsed: {', '.join(e['collapsed_layers'])})" if e.get("collapsed_layers") else "") + " |")
-  lines += ["", "## Scale dependence (TwoNN on N, N/2, N/4, … points)", ""]
-  for layer, c in results["scale_curves"].items():
-    pairs = ", ".join(f"{n}: {d:.1f}" for n, d in zip(c["num_points"], c["intrinsic_dim"]))
-    lines.append(f"- `{layer}`: {pairs}")
-  lines += ["", "Figures:", ""] + [f"- ![{p.stem}]({p.name})" for p in figures]
-  return io.write_text(workdir / "report.md", "\n".join(lines) + "\n")
+    collapsed = f" (collapsed: {', '.join(e['collapsed_layers'])})" if e.get("collapsed_layers") else ""
+    noise.append([e["name"], e["batch_size"], f"{e['lr']:g}", f"{e['noise_scale']:.2e}", f(e["train_accuracy"]),
+                  f"{e['test_accuracy']:.3f}", f(gap), f"{e['last_hidden_id']:.1f}{collapsed}"])
+  blocks += ["## SGD noise", skeleton.table(["run", "batch", "lr", "lr/B", "train acc", "test acc", "gap",
+                                             "last hidden ID"], noise, "lrrrrrrr")]
+  blocks += ["## Scale dependence (TwoNN on N, N/2, N/4, … points)",
+             [f"- `{layer}`: " + ", ".join(f"{n}: {d:.1f}" for n, d in zip(c["num_points"], c["intrinsic_dim"]))
+              for layer, c in results["scale_curves"].items()]]
+  return skeleton.write_report(workdir, blocks, figures)

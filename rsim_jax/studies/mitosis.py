@@ -31,7 +31,7 @@ import pathlib
 
 import numpy as np
 
-from rsim_jax import configs, extract, io, parallel, plotting
+from rsim_jax import configs, extract, io, plotting
 from rsim_jax.analysis import mitosis
 from rsim_jax.studies import skeleton
 
@@ -153,12 +153,8 @@ def plan(cfg: MitosisConfig) -> list[dict]:
 def _features(cfg, model, config):
   """The last hidden layer `(N, W)` and the logits `(N, classes)` of every test example, and the labels `(N,)`,
   the same arrays on every process (gathered from all hosts' devices)."""
-  # `split_batches` takes a batch per device; `eval_batch_size` is the training run's global one (no CKA here,
-  # so the per-device size only sets memory and padding).
-  devices = parallel.data_mesh().shape[parallel.DATA_AXIS]
-  per_device = -(-config.eval_batch_size // devices)
-  batches, total = extract.split_batches(config, batch_size=per_device)
-  n = total * per_device * devices  # ≥ the split: the sampler keeps every example when asked for more
+  batches, total, batch_size = skeleton.eval_batches(config)
+  n = total * batch_size  # ≥ the split: the sampler keeps every example when asked for more
   out = extract.compare_models(model, batches, layers=(cfg.layer, "logits"), cka=False, sample_size=n,
                                total=total, progress=False)
   return out.samples[0][cfg.layer], out.samples[0]["logits"], out.sample_labels
@@ -268,8 +264,9 @@ def write_report(cfg, runs, results, summary, figures, workdir):
     r = results[name]
     r2_at = float(np.interp(r["saturation_chunk_size"], r["r2"]["chunk_sizes"], r["r2"]["mean"]))
     rc = r.get("residual_correlation")
-    rows.append([name, kind, r["neurons"], f(r["epochs"], ".0f"), f(r["train_accuracy"]), f(r["test_accuracy"]),
-                 r["saturation_chunk_size"], f(r["clones"], ".1f"), f(r2_at), f(rc["mean"] if rc else None, ".2f")])
+    rows.append([name, kind, r["neurons"], f(r["epochs"], ".0f"), f(r["train_accuracy"]),
+                 f"{r['test_accuracy']:.3f}", r["saturation_chunk_size"], f"{r['clones']:.1f}", f"{r2_at:.3f}",
+                 f(rc["mean"] if rc else None, ".2f")])
   blocks = [
       "# Representation mitosis (Doimo et al.): clones in the last hidden layer",
       f"Chunk accuracy: {cfg.num_chunks} random chunks of c neurons of `{cfg.layer}` per size, read out by the "
@@ -288,7 +285,7 @@ def write_report(cfg, runs, results, summary, figures, workdir):
                     + f"; critical width (≥ {cfg.clone_threshold:g} clones from there on): "
                     f"{s['critical_width'] or 'none'}.")
   if "ensemble" in summary:
-    blocks.append(skeleton.table(["members", "total W", "ensemble acc", "wide net acc"],
-                                 [[r["members"], r["total_neurons"], f(r["ensemble_accuracy"]), f(r["wide_accuracy"])]
-                                  for r in summary["ensemble"]], "rrrr"))
+    rows = [[r["members"], r["total_neurons"], f"{r['ensemble_accuracy']:.3f}", f(r["wide_accuracy"])]
+            for r in summary["ensemble"]]
+    blocks.append(skeleton.table(["members", "total W", "ensemble acc", "wide net acc"], rows, "rrrr"))
   return skeleton.write_report(workdir, blocks, figures)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from rsim_jax import io
+from rsim_jax import extract, io, parallel
 
 # `train` fields no study's results depend on: progress bars, logging, device counts, metric streaming.
 RUN_ONLY = ("train.progress", "train.num_devices", "train.log_every_steps", "train.stream")
@@ -151,6 +151,17 @@ def train_all(runs: Iterable[tuple[str, Any]], workdir: io.PathLike, *,
     final = train(config, run_dir)
     out[name] = final if then is None else then(name, run_dir, final)
   return out
+
+
+def eval_batches(config) -> tuple[Any, int, int]:
+  """The evaluation split of a training run (`config`: its TrainConfig) for an extraction without CKA:
+  `(batches, num_batches, global_batch_size)`, the run's `eval_batch_size` spread over the data-parallel
+  devices (`extract.split_batches` takes a batch per device; without CKA that size only sets memory and
+  padding). `num_batches × global_batch_size` ≥ the split's examples."""
+  devices = parallel.data_mesh().shape[parallel.DATA_AXIS]
+  per_device = -(-config.eval_batch_size // devices)
+  batches, total = extract.split_batches(config, batch_size=per_device)
+  return batches, total, per_device * devices
 
 
 def plan_rows(runs: Iterable[tuple[str, Any]], fields: Sequence[str], *,
