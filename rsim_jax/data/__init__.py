@@ -25,7 +25,8 @@ API
       -> Iterator[{"image", "label", "mask": bool (b,)}]
   to_global(batch, mesh) -> {key: jax.Array (b · process_count, ...) sharded over "data"}
 
-Specs, splits and statistics: `sources`; batching, resumption and process shares: `pipeline`; subsets:
+Specs, splits and statistics: `sources` (a package: `spec`, `dataset`, `transform`, `statistics` and one module per
+backend, `digits`, `npz`, `tfds`); batching, resumption and process shares: `pipeline`; subsets:
 `subsets`; image transforms and per-example randomness: `augment`.
 """
 

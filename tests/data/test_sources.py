@@ -1,4 +1,5 @@
 import dataclasses
+import pathlib
 
 import numpy as np
 import pytest
@@ -146,3 +147,39 @@ def test_npz_grey_sets_get_a_channel_and_match_their_statistics(shared_data_dir,
   np.testing.assert_allclose(x.std(), data.KNOWN_STATISTICS[name][1][0], atol=1e-3)
   padded = data.load(name, "test", data_dir=shared_data_dir, image_size=32, resize="pad", channels=3)
   assert padded.image_shape == (32, 32, 3) and padded.mean == data.KNOWN_STATISTICS[name][0] * 3
+
+
+# --- The package's modules (spec, dataset, transform, statistics, digits, npz, tfds) ---
+
+
+def test_named_folders_are_looked_for_beside_the_checkout():
+  import rsim_jax  # noqa: PLC0415
+
+  checkout = pathlib.Path(rsim_jax.__file__).resolve().parents[1]
+  assert data.data_dirs()[-1] == checkout.parent / "shared" / "data"
+  assert data.data_dirs("x")[0] == pathlib.Path("x")
+
+
+def test_each_backend_module_gives_what_load_gives(tmp_path):
+  from rsim_jax.data import sources  # noqa: PLC0415
+  from rsim_jax.data.sources import digits, npz, spec, statistics  # noqa: PLC0415
+
+  assert spec.resolve("digits") == ("digits", None)
+  assert spec.resolve(f"npz:{tmp_path}") == ("npz", tmp_path)
+  assert spec.resolve("tfds:imagenet2012/subset:5.1.0") == ("tfds", "imagenet2012/subset:5.1.0")
+  assert spec.resolve("no_such_folder_rsim", tmp_path) == ("tfds", "no_such_folder_rsim")
+  test = digits.load_digits_split("test")
+  np.testing.assert_array_equal(test.images, data.load("digits", "test").images)
+  assert digits.digits_info() == data.dataset_info("digits")
+  parts = _write_npz(tmp_path, "train", [3, 2])
+  assert spec.resolve(tmp_path.name, tmp_path.parent) == ("npz", tmp_path)
+  ds = npz.load_npz(tmp_path, "train", "mine")
+  assert ds.name == "mine" and ds.image_shape == (6, 5, 1)
+  np.testing.assert_array_equal(ds.images[..., 0], np.concatenate([p[0] for p in parts]))
+  x = np.array([[[[0, 255]]], [[[255, 255]]]], np.uint8).reshape(2, 1, 1, 2)  # two pixels, two channels
+  mean, std = statistics.channel_statistics(x)
+  np.testing.assert_allclose(mean, [0.5, 1.0])
+  np.testing.assert_allclose(std, [0.5, 1e-3])  # a constant channel's std is floored at 1e-3
+  assert statistics.adapt_statistics((0.2,), (0.3,), 3) == ((0.2,) * 3, (0.3,) * 3)
+  assert statistics.base_name("imagenet2012/subset:5.1.0") == "imagenet2012"
+  assert sources.load is data.load and sources.TfdsSource is data.TfdsSource
