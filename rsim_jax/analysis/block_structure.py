@@ -46,6 +46,12 @@ class Block:
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
 
+  @classmethod
+  def from_json(cls, d: dict) -> "Block":
+    """The inverse of `to_json` (names optional)."""
+    return cls(d["start"], d["end"], d["size"], d["fraction"], d["mean_cka"], d["threshold"],
+               tuple(d.get("names", ())))
+
 
 def _check_matrix(cka: np.ndarray) -> np.ndarray:
   cka = np.asarray(cka, np.float64)

@@ -222,3 +222,24 @@ def compare_class_accuracy(predictions_a, predictions_b, labels, *, alpha: float
   return ClassLevelComparison(
       acc_a.mean(0), acc_b.mean(0), acc_a.mean(0) - acc_b.mean(0), p, benjamini_hochberg(p, alpha=alpha)
   )
+
+
+def compare_populations(predictions_a, predictions_b, labels) -> dict:
+  """Both output-level comparisons of two populations of models (Nguyen et al. 2021, Sec. 6), as JSON.
+
+  Args:
+    predictions_a, predictions_b: `(M_A, N)`, `(M_B, N)` predicted classes of every model (seed) of each
+      population on the same N examples.
+    labels: `(N,)` true classes.
+
+  Returns:
+    `{"examples": compare_example_errors(...).to_json(), "classes": compare_class_accuracy(...).to_json(),
+    "error_rate_a": (N,) list, "error_rate_b": (N,) list}` (`per_example_error_rates` of each population),
+    with the default settings of each test.
+  """
+  return {
+      "examples": compare_example_errors(predictions_a, predictions_b, labels).to_json(),
+      "classes": compare_class_accuracy(predictions_a, predictions_b, labels).to_json(),
+      "error_rate_a": per_example_error_rates(predictions_a, labels).tolist(),
+      "error_rate_b": per_example_error_rates(predictions_b, labels).tolist(),
+  }

@@ -206,3 +206,25 @@ def inside_outside_drops(curve: PruningCurve, model, *, start: int, end: int) ->
 
   return {"inside": inside, "outside": outside, "mean_drop_inside": mean(inside),
           "mean_drop_outside": mean(outside)}
+
+
+def block_pruning(model, batches: Iterable[Mapping[str, np.ndarray]], block: tuple[int, int] | None) -> dict | None:
+  """The block-pruning measurement of Nguyen et al. (2021, Sec. 4) of one trained network, as JSON.
+
+  Test accuracy with each removable residual block deleted alone and cumulatively from the last block back
+  (`pruning_curve`), the layer index of each block's output (`block_layer_span`), and the mean single-block
+  drop of the blocks inside vs outside the layer run `block = (start, end)` (`inside_outside_drops`; None:
+  no block, every block is outside).
+
+  Returns:
+    `PruningCurve.to_json()` + `{"block_output_layer": [...], "inside", "outside", "mean_drop_inside",
+    "mean_drop_outside"}`; None when the model has no removable block.
+  """
+  if not prunable_blocks(model):
+    return None
+  curve = pruning_curve(model, batches)
+  result = curve.to_json()
+  result["block_output_layer"] = [block_layer_span(model, b)[1] for b in curve.blocks]
+  start, end = block if block is not None else (-1, -2)
+  result.update(inside_outside_drops(curve, model, start=start, end=end))
+  return result

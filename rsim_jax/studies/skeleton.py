@@ -4,11 +4,12 @@ A study (`rsim_jax.studies.<name>`, run by `rsim study NAME --config V`) is:
 
 - a frozen config dataclass with a `train` dict of `TrainConfig` keyword arguments and `RUN_ONLY_FIELDS`
   (`RUN_ONLY` or `FINAL_MODELS_RUN_ONLY` here; `configs.check_resume` reads it);
-- its variants: `variants = Variants("name")`, one function a variant decorated `@variants("local")`, and
-  `get_config(variant)` returning `variants.get(variant)`;
+- its variants: `variants = Variants("name")`, `get_config = variants.get`, and one function a variant that
+  returns its config, decorated `@variants("local")`;
 - `plan(cfg)`: what `run` would train, without training (`plan_rows`);
 - `run(cfg, workdir)`: `train_all` (resumes), one `cached_json` per analysis stage (reused on a rerun),
-  `write_results`, figures (`rsim_jax.plotting`), `write_report` (`table`, `fmt`).
+  `write_results`, figures (`rsim_jax.plotting`), `write_report` (`table`, `fmt`: from `rsim_jax.analysis.tables`,
+  where analysis modules that build report tables find them too).
 
 Multi-host: every process runs the same program; `cached_json` decides "read or compute" by `io.agreed_exists`
 (process 0's view, so no process skips a collective the others enter) and only process 0 writes
@@ -17,13 +18,14 @@ Multi-host: every process runs the same program; `cached_json` decides "read or 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from rsim_jax import extract, io, parallel
+from rsim_jax.analysis.tables import fmt, table  # the studies' report API (`rsim_jax.analysis` uses them too)
+
+__all__ = ["RUN_ONLY", "FINAL_MODELS_RUN_ONLY", "Variants", "cached_json", "choices", "eval_batches", "fmt",
+           "model_dir", "plan_rows", "report_text", "table", "train_all", "write_report", "write_results"]
 
 # `train` fields no study's results depend on: progress bars, logging, device counts, metric streaming.
 RUN_ONLY = ("train.progress", "train.num_devices", "train.log_every_steps", "train.stream")
@@ -43,20 +45,19 @@ class Variants:
   """A study's named configs, in the order they are registered.
 
       variants = Variants("wide_deep")
+      get_config = variants.get  # the study's `get_config(variant="local")`
 
       @variants("local")
       def _local() -> WideDeepConfig:
         return WideDeepConfig(...)
 
-      def get_config(variant: str = "local") -> WideDeepConfig:
-        return variants.get(variant)
-
   `get` of an unregistered name raises `ValueError("Unknown wide_deep variant 'x'; choose 'local', ... or
   'tiny'.")`.
   """
 
-  def __init__(self, study: str):
+  def __init__(self, study: str, *, default: str = "local"):
     self.study = study
+    self.default = default
     self._makers: dict[str, Callable[[], Any]] = {}
 
   def __call__(self, name: str) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
@@ -74,8 +75,9 @@ class Variants:
   def names(self) -> tuple[str, ...]:
     return tuple(self._makers)
 
-  def get(self, name: str) -> Any:
-    """A new config of variant `name`."""
+  def get(self, name: str | None = None) -> Any:
+    """A new config of variant `name` (None: the default variant): a study's `get_config`."""
+    name = self.default if name is None else name
     if name not in self._makers:
       raise ValueError(f"Unknown {self.study} variant {name!r}; choose {choices(self.names)}.")
     return self._makers[name]()
@@ -182,29 +184,6 @@ def write_results(workdir: io.PathLike, results: Any, **dumps_kwargs):
   """`workdir/results.json` (indent 1), written by process 0; `dumps_kwargs` as `json.dumps` (e.g.
   `default=float`)."""
   return io.write_json(io.path(workdir) / "results.json", results, indent=1, **dumps_kwargs)
-
-
-def fmt(x: Any, spec: str = ".3f") -> str:
-  """A number for a report: `format(x, spec)`, or "–" for a missing one (None, NaN or ±inf)."""
-  if x is None or (isinstance(x, (float, np.floating)) and not math.isfinite(x)):
-    return "–"
-  return format(x, spec)
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str) -> list[str]:
-  """A markdown table's lines: `header`, the alignment row, one line a row (cells as `str`).
-
-  `align`: one letter a column, "l" (left) or "r" (right: numbers), e.g. "lrr" → `|---|---:|---:|`.
-  """
-  if len(align) != len(header) or set(align) - {"l", "r"}:
-    raise ValueError(f"`align` needs one 'l' or 'r' per column ({len(header)}); got {align!r}.")
-  lines = ["| " + " | ".join(header) + " |", "|" + "".join("---:|" if a == "r" else "---|" for a in align)]
-  for row in rows:
-    row = [str(cell) for cell in row]
-    if len(row) != len(header):
-      raise ValueError(f"A row of {len(row)} cells in a table of {len(header)} columns: {row}.")
-    lines.append("| " + " | ".join(row) + " |")
-  return lines
 
 
 def report_text(blocks: Iterable[str | Sequence[str] | None], figures: Sequence[io.PathLike] = ()) -> str:

@@ -157,3 +157,10 @@ def test_errors():
     block_structure.dominated_layers(np.array([np.nan, 1.0]), np.ones(2))
   with pytest.raises(ValueError, match="eligible"):
     block_structure.find_block(np.eye(3), eligible=np.ones(4, bool))
+
+
+def test_block_json_round_trip():
+  block = block_structure.find_block(_with_block(30, 8, 21), threshold=0.9, names=[f"l{i}" for i in range(30)])
+  assert block_structure.Block.from_json(block.to_json()) == block
+  unnamed = {k: v for k, v in block.to_json().items() if k != "names"}
+  assert block_structure.Block.from_json(unnamed) == block_structure.Block(**unnamed)

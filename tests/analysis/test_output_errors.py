@@ -111,3 +111,17 @@ def test_errors():
     output_errors.per_example_error_rates(np.zeros((1, 5)), np.zeros(5))
   with pytest.raises(ValueError, match="`labels` has 4"):
     output_errors.compare_example_errors(np.zeros((3, 5)), np.zeros((3, 5)), np.zeros(4))
+
+
+def test_compare_populations_is_both_tests_and_the_error_rates():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 10, 200)
+  hard = np.zeros(200, bool)
+  hard[:20] = True
+  a, b = _population(rng, labels, hard, 4), _population(rng, labels, ~hard, 4)
+  out = output_errors.compare_populations(a, b, labels)
+  assert list(out) == ["examples", "classes", "error_rate_a", "error_rate_b"]
+  assert out["examples"] == output_errors.compare_example_errors(a, b, labels).to_json()
+  assert out["classes"] == output_errors.compare_class_accuracy(a, b, labels).to_json()
+  np.testing.assert_allclose(out["error_rate_a"], output_errors.per_example_error_rates(a, labels))
+  np.testing.assert_allclose(out["error_rate_b"], output_errors.per_example_error_rates(b, labels))

@@ -107,3 +107,17 @@ def test_pruning_curve_matches_per_pattern_forward_passes():
   assert summary["mean_drop_inside"] == pytest.approx((drops["stage1.block0"] + drops["stage1.block1"]) / 2)
   with pytest.raises(ValueError, match="repeats"):
     pruning.pruning_curve(model, batches, order=["stage1.block0", "stage1.block0"])
+
+
+def test_block_pruning_is_the_curve_with_output_layers_and_the_split():
+  model = _resnet14(seed=3)
+  batches, _, _ = _batches()
+  curve = pruning.pruning_curve(model, batches)
+  result = pruning.block_pruning(model, batches, (0, 4))
+  assert {k: result[k] for k in curve.to_json()} == curve.to_json()
+  assert result["block_output_layer"] == [pruning.block_layer_span(model, b)[1] for b in curve.blocks]
+  assert result["inside"] == ["stage1.block0", "stage1.block1"]
+  assert result["mean_drop_inside"] == pruning.inside_outside_drops(curve, model, start=0, end=4)["mean_drop_inside"]
+  # No block: every block is outside and the inside mean is missing.
+  result = pruning.block_pruning(model, batches, None)
+  assert result["inside"] == [] and result["mean_drop_inside"] is None and len(result["outside"]) == 4
