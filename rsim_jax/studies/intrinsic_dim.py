@@ -71,11 +71,7 @@ class IntrinsicDimConfig:
 
 
 variants = skeleton.Variants("intrinsic_dim")
-
-
-def get_config(variant: str = "local") -> IntrinsicDimConfig:
-  """Variants: "local" (digits), "fmnist_local", "cifar10_local" (CPU), "paper" (accelerators), "tiny" (seconds)."""
-  return variants.get(variant)
+get_config = variants.get  # get_config(variant="local"): `rsim study intrinsic_dim --config VARIANT`
 
 
 @variants("local")

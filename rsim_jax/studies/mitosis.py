@@ -68,11 +68,7 @@ class MitosisConfig:
 
 
 variants = skeleton.Variants("mitosis")
-
-
-def get_config(variant: str = "local") -> MitosisConfig:
-  """Variants: "local" (digits), "cifar10_local" (CPU), "cifar10" (the paper's scale), "tiny" (seconds)."""
-  return variants.get(variant)
+get_config = variants.get  # get_config(variant="local"): `rsim study mitosis --config VARIANT`
 
 
 @variants("local")

@@ -13,10 +13,13 @@ Stages (each resumes; finished models and analyses are read back from the work d
      (`analysis.cross_model`); output-level differences of seed populations (`analysis.output_errors`);
   5. figures and `report.md` with the numbers.
 
-Variants (`get_config`): "local" (scikit-learn digits, minutes on a 2-core CPU), "cifar10_local" (a CIFAR-10
-subset at 16×16 from `../shared/data`, tens of minutes here), "cifar10" (the paper's grid, for accelerators),
-"imagenet" (ImageNet ResNets through tensorflow-datasets, for TPU/GPU VMs). `plan(cfg)` lists what a variant
-would train without training anything (`rsim study wide_deep --config V --dry-run`).
+Variants (`get_config`): "local" (scikit-learn digits, minutes on a 2-core CPU; "local_ablation": the recipe vs
+zero-init BatchNorm and vs warm-up, "local_wide": ResNet-20 ×1/×2/×4, "local_long": 3× the epochs),
+"cifar10_local" (a CIFAR-10 subset at 16×16 from `../shared/data`, tens of minutes here), "cifar10" (the paper's
+grid, for accelerators), "imagenet" (ImageNet ResNets through tensorflow-datasets, for TPU/GPU VMs), "tiny"
+(seconds; the multi-host test). Every variant uses the standard initialisation of the papers' ResNets (He et al.
+2016: BatchNorm scales 1); zero-init is an ablation. `plan(cfg)` lists what a variant would train without
+training anything (`rsim study wide_deep --config V --dry-run`).
 Overrides: `--set train.num_epochs=40 --set widths=[1,2,4]` (`rsim_jax.configs`); a work directory refuses a
 rerun whose config differs in a field outside `WideDeepConfig.RUN_ONLY_FIELDS`.
 """
@@ -24,8 +27,6 @@ rerun whose config differs in a field outside `WideDeepConfig.RUN_ONLY_FIELDS`.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import json
 import math
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -33,7 +34,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from rsim_jax import configs, extract, io, plotting
-from rsim_jax.analysis import block_structure, cross_model, output_errors, principal_components, probes, pruning
+from rsim_jax.analysis import (block_report, block_structure, cross_model, output_errors, principal_components, probes,
+                               pruning)
+from rsim_jax.studies import skeleton
 
 Architecture = tuple[int, int]  # (depth, width multiplier)
 
@@ -106,8 +109,7 @@ class WideDeepConfig:
 
   # `train` fields a work directory may change on resume (`configs.check_resume`): only the final models are
   # analysed, so evaluation and checkpoint intervals, like logging and device counts, leave the results alone.
-  RUN_ONLY_FIELDS = ("train.progress", "train.num_devices", "train.log_every_steps", "train.stream",
-                     "train.eval_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints")
+  RUN_ONLY_FIELDS = skeleton.FINAL_MODELS_RUN_ONLY
 
   train: dict = configs.kwargs_of("rsim_jax.train.config:TrainConfig", extra_keys={"train_examples": int | None})
   depths: tuple[int, ...]
@@ -162,103 +164,119 @@ class WideDeepConfig:
     return list(dict.fromkeys(specs))
 
 
-def get_config(variant: str = "local") -> WideDeepConfig:
-  """The study's variants: "local" (digits, the demo), "local_ablation" (digits: the recipe vs zero-init
-  BatchNorm and vs warm-up), "local_wide" (digits, ResNet-20 ×1/×2/×4), "local_long" (digits, 3× the epochs),
-  "cifar10_local" (CIFAR-10 subset, CPU), "cifar10" (the paper's grid),
-  "imagenet" (ImageNet ResNets), "tiny" (seconds; the multi-host test). Every variant uses the standard
-  initialisation of the papers' ResNets (He et al. 2016: BatchNorm scales 1); zero-init is an ablation."""
-  if variant == "local":
-    # The demo (experiments/wide_deep/RESULTS.md, "local"): digits at 8×8 with the papers' recipe — standard
-    # initialisation (BatchNorm scales 1) and no warm-up; zero-init of the last BN scale or 2 warm-up epochs
-    # suppress the block (`local_ablation`) — for 40 epochs, which fit the training set. Depth: ResNet-20 ×1 vs
-    # ResNet-56 ×1; width: ResNet-20 ×1/×2 (×4 costs ~1 s a step on 2 cores: `local_wide`); data: the two narrow
-    # nets on a quarter of the training set; cross-seed CKA and the output-level comparison from 3 seeds of each.
-    return WideDeepConfig(
-        train=dict(data="digits", data_kwargs={"image_size": 8}, batch_size=128, eval_batch_size=512,
-                   num_epochs=40, lr=0.1, warmup_epochs=0, weight_decay=5e-4, augment=False, progress=True),
-        depths=(20, 56), widths=(1, 2), width_depths=(20,), train_fractions=(1.0, 0.25),
-        fraction_architectures=((20, 1), (56, 1)),
-        population=((20, 1), (56, 1)), population_seeds=(0, 1, 2),
-        cross_architectures=(((56, 1), (20, 2)),),
-        cka_batch_size=128, sample_size=360, probe_train_examples=1000,
-    )
-  if variant == "local_ablation":
-    # Recipe ablations on digits: ResNet-56 ×1 with the `local` recipe (BatchNorm scales 1, no warm-up) and with
-    # the last BN scale of each residual block at 0 (Goyal et al. 2017) or 2 warm-up epochs, 3 seeds each.
-    base = get_config("local")
-    return dataclasses.replace(
-        base, depths=(56,), widths=(1,), width_depths=(), train_fractions=(1.0,), fraction_architectures=None,
-        population=(), cross_architectures=(), ablation_architectures=((56, 1),), ablation_seeds=(0, 1, 2),
-        ablations={"zeroinit": {"model_kwargs": {"zero_init_last_bn": True}}, "warmup2": {"warmup_epochs": 2}},
-        probe_train_examples=0, pruning=False,
-    )
-  if variant == "local_wide":
-    # Width on digits beyond the demo: ResNet-20 ×1, ×2, ×4 with the `local` recipe (×4 alone ~15 min on 2 cores).
-    base = get_config("local")
-    return dataclasses.replace(
-        base, depths=(20,), widths=(1, 2, 4), width_depths=(20,), train_fractions=(1.0,), fraction_architectures=None,
-        population=(), cross_architectures=(((20, 1), (20, 4)),), probe_train_examples=0,
-    )
-  if variant == "local_long":
-    # Longer training on digits: ResNet-20 ×1 and ResNet-56 ×1 for 120 epochs (3× local).
-    base = get_config("local")
-    return dataclasses.replace(
-        base, train={**base.train, "num_epochs": 120}, widths=(1,), width_depths=(), train_fractions=(1.0,),
-        fraction_architectures=None, population=(), cross_architectures=(),
-    )
-  if variant == "cifar10_local":
-    # CIFAR-10 on a CPU: 2,500 training images at 16×16, no augmentation (so that the training set is fitted: the
-    # block is a property of models that fit their data), the papers' recipe (standard init, no warm-up),
-    # ResNet-20 vs ResNet-56; CKA on 2,000 test images.
-    return WideDeepConfig(
-        train=dict(data="cifar10", data_kwargs={"image_size": 16}, train_examples=2500, batch_size=128,
-                   eval_batch_size=500, num_epochs=40, lr=0.1, warmup_epochs=0, weight_decay=5e-4,
-                   augment=False, progress=True),
-        depths=(20, 56), widths=(1,), width_depths=(), train_fractions=(1.0, 0.25), seeds=(0,),
-        population=((20, 1),), population_seeds=(0, 1), cka_batch_size=256, max_eval_examples=2000,
-        sample_size=1000, probe_train_examples=1000,
-    )
-  if variant == "cifar10":
-    # The paper's grid and recipe (Nguyen et al. 2021, App. A): SGD momentum 0.9, lr 0.1, batch 128,
-    # weight decay 5e-4, 300 epochs with step decay, standard augmentation; CKA on the 10,000 test images.
-    # Sample memory: 500 examples × Σ widths (ResNet-164: 165 layers of ≤ 16,384) × 4 B ≈ 5 GB per model.
-    return WideDeepConfig(
-        train=dict(data="cifar10", batch_size=128, eval_batch_size=1000, num_epochs=300, lr=0.1,
-                   schedule="step", step_boundaries=(0.5, 0.75), weight_decay=5e-4, augment=True),
-        depths=(14, 20, 26, 38, 56, 110, 164), widths=(1, 2, 4, 8, 10), width_depths=(14, 26, 38),
-        train_fractions=(1.0, 0.25, 0.0625), cka_batch_size=256,
-        population=((26, 8), (110, 1)), population_seeds=tuple(range(10)),
-        cross_architectures=(((110, 1), (26, 8)), ((164, 1), (38, 10))), sample_size=500,
-        probe_train_examples=5000, subset_budget="epochs",
-    )
-  if variant == "imagenet":
-    # Nguyen et al. 2021, Sec. 7: ImageNet ResNets of increasing depth and width, the standard recipe (SGD
-    # momentum 0.9, batch 1024, lr 0.4 = 0.1 × B/256 with 5 warm-up epochs, cosine over 90 epochs, weight decay
-    # 1e-4, label smoothing 0.1, bfloat16 compute), tensorflow-datasets imagenet2012 (a prepared TFDS_DATA_DIR).
-    # CKA on 10,000 validation images in minibatches of 256 per device.
-    return WideDeepConfig(
-        train=dict(data="tfds:imagenet2012", eval_split="validation", data_kwargs={"image_size": 224},
-                   batch_size=1024, eval_batch_size=1024, num_epochs=90, lr=0.4, warmup_epochs=5,
-                   weight_decay=1e-4, label_smoothing=0.1, augment=True, dtype="bfloat16",
-                   checkpoint_every_steps=2000, keep_checkpoints=2),
-        model="imagenet_resnet", depths=(50, 101, 152), widths=(1, 2, 3), width_depths=(50,),
-        cka_batch_size=256, max_eval_examples=10_000, sample_size=256, probe_train_examples=0,
-    )
-  if variant == "tiny":
-    # Every stage (training, within- and cross-model CKA, block detection, PC1, probes, pruning, output-level
-    # tests, an ablation twin, figures) in seconds on a CPU; no claim about blocks. The multi-host test runs it
-    # in 2 processes and in 1.
-    return WideDeepConfig(
-        train=dict(data="digits", data_kwargs={"image_size": 8}, batch_size=64, eval_batch_size=360,
-                   num_epochs=1, num_steps=6, lr=0.05, warmup_epochs=0, augment=False, progress=False),
-        depths=(8,), widths=(1, 2), width_depths=(8,), population=((8, 1), (8, 2)), population_seeds=(0, 1),
-        ablation_architectures=((8, 1),), ablations={"zeroinit": {"model_kwargs": {"zero_init_last_bn": True}}},
-        cka_batch_size=16, sample_size=120, probe_train_examples=100,
-    )
-  raise ValueError(
-      f"Unknown wide_deep variant {variant!r}; choose 'local', 'local_ablation', 'local_wide', 'local_long', "
-      "'cifar10_local', 'cifar10', 'imagenet' or 'tiny'."
+variants = skeleton.Variants("wide_deep")
+get_config = variants.get  # get_config(variant="local"): `rsim study wide_deep --config VARIANT`
+
+
+@variants("local")
+def _local() -> WideDeepConfig:
+  # The demo (experiments/wide_deep/RESULTS.md, "local"): digits at 8×8 with the papers' recipe — standard
+  # initialisation (BatchNorm scales 1) and no warm-up; zero-init of the last BN scale or 2 warm-up epochs
+  # suppress the block (`local_ablation`) — for 40 epochs, which fit the training set. Depth: ResNet-20 ×1 vs
+  # ResNet-56 ×1; width: ResNet-20 ×1/×2 (×4 costs ~1 s a step on 2 cores: `local_wide`); data: the two narrow
+  # nets on a quarter of the training set; cross-seed CKA and the output-level comparison from 3 seeds of each.
+  return WideDeepConfig(
+      train=dict(data="digits", data_kwargs={"image_size": 8}, batch_size=128, eval_batch_size=512,
+                 num_epochs=40, lr=0.1, warmup_epochs=0, weight_decay=5e-4, augment=False, progress=True),
+      depths=(20, 56), widths=(1, 2), width_depths=(20,), train_fractions=(1.0, 0.25),
+      fraction_architectures=((20, 1), (56, 1)),
+      population=((20, 1), (56, 1)), population_seeds=(0, 1, 2),
+      cross_architectures=(((56, 1), (20, 2)),),
+      cka_batch_size=128, sample_size=360, probe_train_examples=1000,
+  )
+
+
+@variants("local_ablation")
+def _local_ablation() -> WideDeepConfig:
+  # Recipe ablations on digits: ResNet-56 ×1 with the `local` recipe (BatchNorm scales 1, no warm-up) and with
+  # the last BN scale of each residual block at 0 (Goyal et al. 2017) or 2 warm-up epochs, 3 seeds each.
+  base = _local()
+  return dataclasses.replace(
+      base, depths=(56,), widths=(1,), width_depths=(), train_fractions=(1.0,), fraction_architectures=None,
+      population=(), cross_architectures=(), ablation_architectures=((56, 1),), ablation_seeds=(0, 1, 2),
+      ablations={"zeroinit": {"model_kwargs": {"zero_init_last_bn": True}}, "warmup2": {"warmup_epochs": 2}},
+      probe_train_examples=0, pruning=False,
+  )
+
+
+@variants("local_wide")
+def _local_wide() -> WideDeepConfig:
+  # Width on digits beyond the demo: ResNet-20 ×1, ×2, ×4 with the `local` recipe (×4 alone ~15 min on 2 cores).
+  base = _local()
+  return dataclasses.replace(
+      base, depths=(20,), widths=(1, 2, 4), width_depths=(20,), train_fractions=(1.0,), fraction_architectures=None,
+      population=(), cross_architectures=(((20, 1), (20, 4)),), probe_train_examples=0,
+  )
+
+
+@variants("local_long")
+def _local_long() -> WideDeepConfig:
+  # Longer training on digits: ResNet-20 ×1 and ResNet-56 ×1 for 120 epochs (3× local).
+  base = _local()
+  return dataclasses.replace(
+      base, train={**base.train, "num_epochs": 120}, widths=(1,), width_depths=(), train_fractions=(1.0,),
+      fraction_architectures=None, population=(), cross_architectures=(),
+  )
+
+
+@variants("cifar10_local")
+def _cifar10_local() -> WideDeepConfig:
+  # CIFAR-10 on a CPU: 2,500 training images at 16×16, no augmentation (so that the training set is fitted: the
+  # block is a property of models that fit their data), the papers' recipe (standard init, no warm-up),
+  # ResNet-20 vs ResNet-56; CKA on 2,000 test images.
+  return WideDeepConfig(
+      train=dict(data="cifar10", data_kwargs={"image_size": 16}, train_examples=2500, batch_size=128,
+                 eval_batch_size=500, num_epochs=40, lr=0.1, warmup_epochs=0, weight_decay=5e-4,
+                 augment=False, progress=True),
+      depths=(20, 56), widths=(1,), width_depths=(), train_fractions=(1.0, 0.25), seeds=(0,),
+      population=((20, 1),), population_seeds=(0, 1), cka_batch_size=256, max_eval_examples=2000,
+      sample_size=1000, probe_train_examples=1000,
+  )
+
+
+@variants("cifar10")
+def _cifar10() -> WideDeepConfig:
+  # The paper's grid and recipe (Nguyen et al. 2021, App. A): SGD momentum 0.9, lr 0.1, batch 128,
+  # weight decay 5e-4, 300 epochs with step decay, standard augmentation; CKA on the 10,000 test images.
+  # Sample memory: 500 examples × Σ widths (ResNet-164: 165 layers of ≤ 16,384) × 4 B ≈ 5 GB per model.
+  return WideDeepConfig(
+      train=dict(data="cifar10", batch_size=128, eval_batch_size=1000, num_epochs=300, lr=0.1,
+                 schedule="step", step_boundaries=(0.5, 0.75), weight_decay=5e-4, augment=True),
+      depths=(14, 20, 26, 38, 56, 110, 164), widths=(1, 2, 4, 8, 10), width_depths=(14, 26, 38),
+      train_fractions=(1.0, 0.25, 0.0625), cka_batch_size=256,
+      population=((26, 8), (110, 1)), population_seeds=tuple(range(10)),
+      cross_architectures=(((110, 1), (26, 8)), ((164, 1), (38, 10))), sample_size=500,
+      probe_train_examples=5000, subset_budget="epochs",
+  )
+
+
+@variants("imagenet")
+def _imagenet() -> WideDeepConfig:
+  # Nguyen et al. 2021, Sec. 7: ImageNet ResNets of increasing depth and width, the standard recipe (SGD
+  # momentum 0.9, batch 1024, lr 0.4 = 0.1 × B/256 with 5 warm-up epochs, cosine over 90 epochs, weight decay
+  # 1e-4, label smoothing 0.1, bfloat16 compute), tensorflow-datasets imagenet2012 (a prepared TFDS_DATA_DIR).
+  # CKA on 10,000 validation images in minibatches of 256 per device.
+  return WideDeepConfig(
+      train=dict(data="tfds:imagenet2012", eval_split="validation", data_kwargs={"image_size": 224},
+                 batch_size=1024, eval_batch_size=1024, num_epochs=90, lr=0.4, warmup_epochs=5,
+                 weight_decay=1e-4, label_smoothing=0.1, augment=True, dtype="bfloat16",
+                 checkpoint_every_steps=2000, keep_checkpoints=2),
+      model="imagenet_resnet", depths=(50, 101, 152), widths=(1, 2, 3), width_depths=(50,),
+      cka_batch_size=256, max_eval_examples=10_000, sample_size=256, probe_train_examples=0,
+  )
+
+
+@variants("tiny")
+def _tiny() -> WideDeepConfig:
+  # Every stage (training, within- and cross-model CKA, block detection, PC1, probes, pruning, output-level
+  # tests, an ablation twin, figures) in seconds on a CPU; no claim about blocks. The multi-host test runs it
+  # in 2 processes and in 1.
+  return WideDeepConfig(
+      train=dict(data="digits", data_kwargs={"image_size": 8}, batch_size=64, eval_batch_size=360,
+                 num_epochs=1, num_steps=6, lr=0.05, warmup_epochs=0, augment=False, progress=False),
+      depths=(8,), widths=(1, 2), width_depths=(8,), population=((8, 1), (8, 2)), population_seeds=(0, 1),
+      ablation_architectures=((8, 1),), ablations={"zeroinit": {"model_kwargs": {"zero_init_last_bn": True}}},
+      cka_batch_size=16, sample_size=120, probe_train_examples=100,
   )
 
 
@@ -296,20 +314,9 @@ def train_config(cfg: WideDeepConfig, spec: ModelSpec):
 def plan(cfg: WideDeepConfig) -> list[dict]:
   """What `run` would train, without training or reading data: one dict per model with its name, the
   model family and arguments, the data and the schedule (a dry run)."""
-  rows = []
-  for spec in cfg.models():
-    tc = train_config(cfg, spec)
-    rows.append({"name": spec.name, "model": tc.model, "model_kwargs": dict(tc.model_kwargs), "data": tc.data,
-                 "train_subset": tc.train_subset, "batch_size": tc.batch_size, "num_epochs": tc.num_epochs,
-                 "lr": tc.lr, "schedule": tc.schedule, "dtype": tc.dtype})
-  return rows
-
-
-def initial_model(workdir: pathlib.Path):
-  """The network of a trained run's work directory as it was at initialisation (same seed, same layers)."""
-  from rsim_jax.train import load_initial_model
-
-  return load_initial_model(workdir)
+  return skeleton.plan_rows([(spec.name, train_config(cfg, spec)) for spec in cfg.models()],
+                            ("model", "model_kwargs", "data", "train_subset", "batch_size", "num_epochs", "lr",
+                             "schedule", "dtype"))
 
 
 # Bumped when a cached per-model analysis would no longer match what `analyse_model` computes (2: the block is
@@ -335,24 +342,32 @@ def _block_range(block: dict) -> tuple[int, int] | None:
 
 def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path, out_dir: pathlib.Path) -> dict:
   """Everything about one model: within-model CKA (trained and at initialisation), block vs baseline, PC1
-  analysis, linear probes, test predictions. Cached as `out_dir/<name>.json`."""
-  cache = out_dir / f"{spec.name}.json"
-  # As process 0 sees it: a process that skipped the extraction would leave the others waiting in its collectives.
-  result = io.read_json(cache) if io.agreed_exists(cache) else None
-  if result is not None and result.get("version") != ANALYSIS_VERSION:
-    result = None  # made by an earlier detector: re-extracted (the trained model itself is reused)
-  if result is not None:
-    if _wants_pruning(cfg, spec) and "pruning" not in result:  # Added to a cached analysis, not recomputed.
-      from rsim_jax.train import load_model
-
-      result["pruning"] = pruning_analysis(cfg, *load_model(model_dir), result["blocks"]["trained"])
-      io.write_json(cache, result, indent=None)
-    _model_heatmap(spec, result, out_dir)
-    return result
+  analysis, linear probes, test predictions, block pruning. Cached as `out_dir/<name>.json` (recomputed when
+  made by another `ANALYSIS_VERSION`; pruning added to a cache without it) with its heat map
+  `out_dir/<name>_cka.png` (redrawn when missing)."""
   from rsim_jax.train import load_model
 
+  def compute():
+    result = _analyse_model(cfg, spec, model_dir)
+    _model_heatmap(spec, result, out_dir, redraw=True)
+    return result
+
+  def add_pruning(result):
+    if not _wants_pruning(cfg, spec) or "pruning" in result:
+      return False
+    result["pruning"] = pruning_analysis(cfg, *load_model(model_dir), result["blocks"]["trained"])
+    return True
+
+  result = skeleton.cached_json(out_dir / f"{spec.name}.json", compute, version=ANALYSIS_VERSION, extend=add_pruning)
+  _model_heatmap(spec, result, out_dir)
+  return result
+
+
+def _analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path) -> dict:
+  from rsim_jax.train import load_initial_model, load_model
+
   trained, config = load_model(model_dir)
-  untrained = initial_model(model_dir)
+  untrained = load_initial_model(model_dir)
   batches, total = _batches(config, config.eval_split, cfg.cka_batch_size, cfg.max_eval_examples)
   comparison = extract.compare_models([trained, untrained], batches, total=total, sample_size=cfg.sample_size)
   names = comparison.within[0].x_names
@@ -365,7 +380,6 @@ def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path,
   blocks = detect_block(cfg, trained_cka, init_cka, pc1, init_pc1, names)
   final = io.read_json(model_dir / "final_metrics.json")
   result = {
-      "version": ANALYSIS_VERSION,
       "spec": dataclasses.asdict(spec),
       "layer_names": list(names),
       "test_accuracy": final["test_accuracy"],
@@ -379,8 +393,7 @@ def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path,
       "labels": comparison.labels.tolist(),
   }
   if cfg.sample_size:
-    block = _block_range(result["blocks"]["trained"])
-    summary = principal_components.pc1_summary(comparison.samples[0], block=block)
+    summary = principal_components.pc1_summary(comparison.samples[0], block=_block_range(result["blocks"]["trained"]))
     result["pc1"] = {**summary, "pc1_fraction_init": init_pc1, "num_examples": len(comparison.sample_labels)}
     if cfg.probe_train_examples:
       # A class-balanced pool of 4× the probe set to draw from: streaming all of a 50k-image split through a deep
@@ -394,8 +407,6 @@ def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path,
       result["probe_accuracy"] = [accuracy[n] for n in names]
   if _wants_pruning(cfg, spec):
     result["pruning"] = pruning_analysis(cfg, trained, config, result["blocks"]["trained"])
-  io.write_json(cache, result, indent=None)
-  _model_heatmap(spec, result, out_dir, redraw=True)
   return result
 
 
@@ -412,30 +423,20 @@ def _wants_pruning(cfg: WideDeepConfig, spec: ModelSpec) -> bool:
 
 
 def pruning_analysis(cfg: WideDeepConfig, model, config, block: dict) -> dict | None:
-  """Test accuracy with residual blocks deleted (Nguyen et al. 2021, Sec. 4): each removable block alone, and
-  cumulatively from the last block back; mean single-block drop inside vs outside the trained block run."""
-  if not pruning.prunable_blocks(model):
-    return None
+  """Test accuracy with residual blocks deleted (Nguyen et al. 2021, Sec. 4; `analysis.pruning.block_pruning`)
+  on the CKA evaluation examples, inside vs outside the trained block `block`."""
   # The pruned forward passes run on one device per process: every process reads the whole split (`local`).
   batches, _ = _batches(config, config.eval_split, cfg.cka_batch_size, cfg.max_eval_examples, local=True)
-  curve = pruning.pruning_curve(model, batches)
-  result = curve.to_json()
-  result["block_output_layer"] = [pruning.block_layer_span(model, b)[1] for b in curve.blocks]
-  start, end = (block["start"], block["end"]) if block["size"] > 1 else (-1, -2)
-  result.update(pruning.inside_outside_drops(curve, model, start=start, end=end))
-  return result
+  return pruning.block_pruning(model, batches, _block_range(block))
 
 
 def cross_analysis(cfg: WideDeepConfig, a: ModelSpec, b: ModelSpec, workdir: pathlib.Path, results: dict) -> dict:
   """Cross-model CKA of two trained models (another seed or another architecture), inside vs outside their
-  blocks (`analysis.cross_model`). Cached as `analysis/cross_<a>__<b>.json`."""
-  cache = workdir / "analysis" / f"cross_{a.name}__{b.name}.json"
+  blocks (`analysis.cross_model`). Cached as `analysis/cross_<a>__<b>.json`, with the figure
+  `cross_<a>__<b>.png` (redrawn when missing)."""
+  out = skeleton.cached_json(workdir / "analysis" / f"cross_{a.name}__{b.name}.json",
+                             lambda: _cross_cka(cfg, a, b, workdir, results))
   figure = workdir / f"cross_{a.name}__{b.name}.png"
-  if io.agreed_exists(cache):
-    out = io.read_json(cache)
-  else:
-    out = _cross_cka(cfg, a, b, workdir, results)
-    io.write_json(cache, out, indent=None)
   if not figure.exists():  # Also redrawn from the cache (a copied or pruned work directory).
     plotting.cka_heatmap(np.array(out["cross_cka"]).T, figure, x_labels=results[a.name]["layer_names"],
                          y_labels=results[b.name]["layer_names"],
@@ -446,18 +447,13 @@ def cross_analysis(cfg: WideDeepConfig, a: ModelSpec, b: ModelSpec, workdir: pat
 def _cross_cka(cfg: WideDeepConfig, a: ModelSpec, b: ModelSpec, workdir: pathlib.Path, results: dict) -> dict:
   from rsim_jax.train import load_model
 
-  model_a, config = load_model(workdir / "models" / a.name)
-  model_b, _ = load_model(workdir / "models" / b.name)
+  model_a, config = load_model(skeleton.model_dir(workdir, a.name))
+  model_b, _ = load_model(skeleton.model_dir(workdir, b.name))
   batches, total = _batches(config, config.eval_split, cfg.cka_batch_size, cfg.max_eval_examples)
   comparison = extract.compare_models([model_a, model_b], batches, total=total, progress=False)
-
-  def block(spec):
-    blk = results[spec.name]["blocks"]["trained"]
-    has = results[spec.name]["blocks"]["has_block"]
-    return block_structure.Block(blk["start"], blk["end"], blk["size"], blk["fraction"], blk["mean_cka"],
-                                 blk["threshold"], ()) if has else None
-
-  summary = cross_model.summarize_cross_cka(comparison.cross.matrix, block(a), block(b))
+  blocks = [block_structure.Block.from_json(results[s.name]["blocks"]["trained"])
+            if results[s.name]["blocks"]["has_block"] else None for s in (a, b)]
+  summary = cross_model.summarize_cross_cka(comparison.cross.matrix, *blocks)
   return {"a": a.name, "b": b.name, "cross_cka": comparison.cross.matrix.tolist(), "summary": summary.to_json()}
 
 
@@ -477,27 +473,56 @@ def _cross_pairs(cfg: WideDeepConfig, specs: Sequence[ModelSpec]) -> list[tuple[
 
 
 def population_analysis(cfg: WideDeepConfig, results: dict) -> dict | None:
-  """Output-level differences between the first two population architectures (Nguyen et al. 2021, Sec. 6):
-  per-example errors (permutation test and Fisher + BH, against a seed-split baseline) and per-class accuracy
-  (Welch t-tests + BH)."""
+  """Output-level differences between the first two population architectures (Nguyen et al. 2021, Sec. 6;
+  `analysis.output_errors.compare_populations`): per-example errors (permutation test and Fisher + BH, against
+  a seed-split baseline) and per-class accuracy (Welch t-tests + BH)."""
   if len(cfg.population) < 2:
     return None
-  populations = []
-  for depth, width in cfg.population[:2]:
-    names = [ModelSpec(depth, width, 1.0, s).name for s in cfg.population_seeds]
-    populations.append(np.array([results[n]["predictions"] for n in names]))
+  a, b = (np.array([results[ModelSpec(*arch, 1.0, s).name]["predictions"] for s in cfg.population_seeds])
+          for arch in cfg.population[:2])
   labels = np.array(results[ModelSpec(*cfg.population[0], 1.0, cfg.population_seeds[0]).name]["labels"])
-  examples = output_errors.compare_example_errors(populations[0], populations[1], labels)
-  classes = output_errors.compare_class_accuracy(populations[0], populations[1], labels)
-  return {
-      "a": f"ResNet-{cfg.population[0][0]} ×{cfg.population[0][1]}",
-      "b": f"ResNet-{cfg.population[1][0]} ×{cfg.population[1][1]}",
-      "num_seeds": len(cfg.population_seeds),
-      "examples": examples.to_json(),
-      "classes": classes.to_json(),
-      "error_rate_a": output_errors.per_example_error_rates(populations[0], labels).tolist(),
-      "error_rate_b": output_errors.per_example_error_rates(populations[1], labels).tolist(),
-  }
+  return {"a": "ResNet-{} ×{}".format(*cfg.population[0]), "b": "ResNet-{} ×{}".format(*cfg.population[1]),
+          "num_seeds": len(cfg.population_seeds), **output_errors.compare_populations(a, b, labels)}
+
+
+def _ablation_rows(cfg: WideDeepConfig, results: dict) -> list[dict]:
+  """One row per (architecture, seed) of the ablations: the numbers of the study's recipe ("standard") and of
+  every ablation (`analysis.block_report.recipe_summary`)."""
+  rows = []
+  for depth, width in cfg.ablation_architectures:
+    for seed in cfg.ablation_seeds:
+      names = {name or "standard": ModelSpec(depth, width, 1.0, seed, name).name for name in ("", *cfg.ablations)}
+      if all(n in results for n in names.values()):
+        rows.append({"label": f"ResNet-{depth} ×{width}", "seed": seed,
+                     "runs": {k: block_report.recipe_summary(results[n]) for k, n in names.items()}})
+  return rows
+
+
+def run(cfg: WideDeepConfig, workdir: io.PathLike):
+  """Runs (or resumes) the study in `workdir` (local or `gs://…`); returns the path of `report.md`.
+
+  Multi-host (`rsim --multihost study wide_deep ...` on every host): training and extraction span all hosts'
+  devices, every process computes the same analyses, process 0 writes every file (`rsim_jax.io`)."""
+  workdir = io.path(workdir)
+  specs = {spec.name: spec for spec in cfg.models()}
+  results = skeleton.train_all(
+      [(name, train_config(cfg, spec)) for name, spec in specs.items()], workdir,
+      then=lambda name, model_dir, _: analyse_model(cfg, specs[name], model_dir, workdir / "analysis"))
+  cross = []
+  for a, b, kind in _cross_pairs(cfg, list(specs.values())):
+    print(f"cross-model CKA ({kind}): {a.name} vs {b.name}", flush=True)
+    cross.append({"kind": kind, **cross_analysis(cfg, a, b, workdir, results)})
+  population = population_analysis(cfg, results)
+  ablations = _ablation_rows(cfg, results)
+  skeleton.write_results(workdir, {
+      "models": {name: {k: v for k, v in r.items() if not k.startswith("cka_") and k not in ("predictions", "labels")}
+                 for name, r in results.items()},
+      "ablations": ablations,
+      "cross": [{k: v for k, v in c.items() if k != "cross_cka"} for c in cross],
+      "population": population,
+  })
+  figures = _figures(cfg, list(specs.values()), results, ablations, population, cross, workdir)
+  return write_report(cfg, list(specs.values()), results, cross, population, ablations, figures, workdir)
 
 
 def _grid_figure(results: dict[str, dict], specs: Sequence[ModelSpec], get, path: pathlib.Path, title: str, *,
@@ -530,47 +555,7 @@ def _grid_specs(cfg: WideDeepConfig, specs: Sequence[ModelSpec], fraction: float
           if s.train_fraction == fraction and s.seed == seed and s.architecture in grid and not s.ablation]
 
 
-def run(cfg: WideDeepConfig, workdir: io.PathLike):
-  """Runs (or resumes) the study in `workdir` (local or `gs://…`); returns the path of `report.md`.
-
-  Multi-host (`rsim --multihost study wide_deep ...` on every host): training and extraction span all hosts'
-  devices, every process computes the same analyses, process 0 writes every file (`rsim_jax.io`)."""
-  from rsim_jax.train import train
-
-  workdir = io.path(workdir)
-  specs = cfg.models()
-  results = {}
-  for i, spec in enumerate(specs):
-    print(f"[{i + 1}/{len(specs)}] {spec.name}", flush=True)
-    model_dir = workdir / "models" / spec.name
-    train(train_config(cfg, spec), model_dir)
-    results[spec.name] = analyse_model(cfg, spec, model_dir, workdir / "analysis")
-  cross = []
-  for a, b, kind in _cross_pairs(cfg, specs):
-    print(f"cross-model CKA ({kind}): {a.name} vs {b.name}", flush=True)
-    cross.append({"kind": kind, **cross_analysis(cfg, a, b, workdir, results)})
-  population = population_analysis(cfg, results)
-  ablations = _ablation_rows(cfg, results)
-  figures = _figures(cfg, specs, results, ablations, workdir)
-  if population:
-    figures.append(plotting.output_differences(
-        population["error_rate_a"], population["error_rate_b"], population["classes"]["accuracy_a"],
-        population["classes"]["accuracy_b"], workdir / "output_differences.png", label_a=population["a"],
-        label_b=population["b"], significant_classes=population["classes"]["significant"],
-        title=f"{population['a']} vs {population['b']}, {population['num_seeds']} seeds each"))
-  figures += [workdir / f"cross_{c['a']}__{c['b']}.png" for c in cross]
-  summary = {
-      "models": {name: {k: v for k, v in r.items() if not k.startswith("cka_") and k not in ("predictions", "labels")}
-                 for name, r in results.items()},
-      "ablations": ablations,
-      "cross": [{k: v for k, v in c.items() if k != "cross_cka"} for c in cross],
-      "population": population,
-  }
-  io.write_json(workdir / "results.json", summary, indent=1)
-  return write_report(cfg, specs, results, cross, population, ablations, figures, workdir)
-
-
-def _figures(cfg, specs, results, ablations, workdir) -> list[pathlib.Path]:
+def _figures(cfg, specs, results, ablations, population, cross, workdir) -> list[pathlib.Path]:
   figures = []
   for fraction in cfg.train_fractions:
     for seed in cfg.seeds:
@@ -636,52 +621,18 @@ def _figures(cfg, specs, results, ablations, workdir) -> list[pathlib.Path]:
     figures.append(plotting.layer_profiles(
         profiles, workdir / "ablation_pc1.png", ylabel="variance fraction on PC1", ylim=(0, 1), styles=styles,
         title="the study's recipe (solid) vs each ablation"))
-  return figures
+  if population:
+    figures.append(plotting.output_differences(
+        population["error_rate_a"], population["error_rate_b"], population["classes"]["accuracy_a"],
+        population["classes"]["accuracy_b"], workdir / "output_differences.png", label_a=population["a"],
+        label_b=population["b"], significant_classes=population["classes"]["significant"],
+        title=f"{population['a']} vs {population['b']}, {population['num_seeds']} seeds each"))
+  return figures + [workdir / f"cross_{c['a']}__{c['b']}.png" for c in cross]
 
 
-def _ablation_rows(cfg: WideDeepConfig, results: dict) -> list[dict]:
-  """One row per (architecture, seed) of the ablations: the numbers of the study's recipe ("standard") and of
-  every ablation."""
-  rows = []
-  for depth, width in cfg.ablation_architectures:
-    for seed in cfg.ablation_seeds:
-      runs = {}
-      for name in ("", *cfg.ablations):
-        r = results.get(ModelSpec(depth, width, 1.0, seed, name).name)
-        if r is None:
-          break
-        pc1 = r.get("pc1", {}).get("pc1_fraction", [])
-        runs[name or "standard"] = {
-            "test_accuracy": r["test_accuracy"], "train_accuracy": r.get("train_accuracy"), "pc1_fraction": pc1,
-            "max_pc1": max(pc1) if pc1 else float("nan"), "block": r["blocks"]["trained"],
-            "has_block": r["blocks"]["has_block"]}
-      else:
-        rows.append({"label": f"ResNet-{depth} ×{width}", "seed": seed, "runs": runs})
-  return rows
-
-
-def _has_block_cell(blocks: dict, train_accuracy: float | None) -> str:
-  """"yes"/"no", flagged when the model did not fit its training set: the paper's blocks are properties of
-  trained networks, and a run that failed to train (a deep net at lr 0.1 without warm-up, sometimes) can show a
-  dominant PC1 of its own."""
-  cell = "**yes**" if blocks["has_block"] else "no"
-  if train_accuracy is not None and train_accuracy < 0.99:
-    cell += f" (not fitted: train acc {train_accuracy:.2f})"
-  return cell
-
-
-def _span(block: dict) -> str:
-  return f"{block['start']}–{block['end']} ({block['size']})" if block["size"] else "none"
-
-
-def _fmt(x, spec=".3f") -> str:
-  return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, spec)
-
-
-def write_report(cfg, specs, results, cross, population, ablations, figures, workdir: pathlib.Path) -> pathlib.Path:
-  lines = [
-      "# Wide vs deep: within-model CKA, block structure and what it means",
-      "",
+def write_report(cfg, specs, results, cross, population, ablations, figures, workdir: pathlib.Path):
+  models = [(spec.name, results[spec.name]) for spec in specs]
+  method = [
       f"Block = at least {cfg.block_min_size} contiguous layers with all pairwise minibatch CKA ≥ "
       f"{cfg.block_threshold} (test split),",
       f"each with a first principal component carrying ≥ {cfg.block_min_pc1} of its variance and ≥ "
@@ -691,76 +642,9 @@ def write_report(cfg, specs, results, cross, population, ablations, figures, wor
       "run is listed for reference (deep untrained nets have long runs of trivially similar neighbours elsewhere).",
       f"PC1 and probe numbers are on a random sample of {cfg.sample_size} test examples; probes are ridge classifiers",
       f"fitted on {cfg.probe_train_examples} training examples.",
-      "",
-      "| model | train acc | test acc | layers | block | PC1 in block: trained / init | CKA in block: trained / init"
-      " | CKA block vs earlier layers | longest similar run: trained / init | has block | CKA in block after PC1"
-      " removed | probe acc: block mean / last |",
-      "|---|---:|---:|---:|---|---|---|---:|---|---|---:|---|",
   ]
-  for spec in specs:
-    r = results[spec.name]
-    b = r["blocks"]
-    pc1_block = r.get("pc1", {}).get("block")
-    removed = _fmt(pc1_block["mean_cka_pc1_removed"]) if pc1_block and b["has_block"] else "–"
-    probe_cell = "–"
-    if "probe_accuracy" in r:
-      acc = np.array(r["probe_accuracy"])
-      inside = acc[b["trained"]["start"] : b["trained"]["end"] + 1] if b["trained"]["size"] else np.array([])
-      probe_cell = f"{_fmt(float(inside.mean()) if inside.size else None)} / {acc[-1]:.3f}"
-    named = _span(b["trained"]) + (f" {b['trained']['names'][0]} … {b['trained']['names'][-1]}"
-                                       if b["trained"]["size"] and b["trained"].get("names") else "")
-    lines.append(
-        f"| {spec.name} | {_fmt(r.get('train_accuracy'))} | {r['test_accuracy']:.3f} | {len(r['layer_names'])} | "
-        f"{named} | {_fmt(b['trained_pc1_fraction'], '.2f')} / {_fmt(b['baseline_pc1_fraction'], '.2f')} | "
-        f"{_fmt(b['trained_mean_cka'], '.2f')} / {_fmt(b['baseline_mean_cka'], '.2f')} | "
-        f"{_fmt(b['cka_to_rest'], '.2f')} | {_span(b['trained_run'])} / {_span(b['baseline'])} | "
-        f"{_has_block_cell(b, r.get('train_accuracy'))} | {removed} | {probe_cell} |"
-    )
-  lines += ["", "Without a block, the PC1 and CKA columns are read over the trained network's longest similar run."]
-  if ablations:
-    names = ["standard", *cfg.ablations]
-    lines += ["", "## Recipe ablations: the study's recipe (standard) vs " + ", ".join(
-                  f"`{k}` ({json.dumps(dict(v))})" for k, v in cfg.ablations.items()), "",
-              f"| model | seed | {' | '.join(f'{n}: train / test acc, largest PC1, block' for n in names)} |",
-              "|---|---:|" + "---|" * len(names)]
-    for row in ablations:
-      cells = [f"{_fmt(r['train_accuracy'])} / {r['test_accuracy']:.3f}, {_fmt(r['max_pc1'], '.2f')}, "
-               f"{_span(r['block'])}" for r in row["runs"].values()]
-      lines.append(f"| {row['label']} | {row['seed']} | {' | '.join(cells)} |")
-  pruned = [spec for spec in specs if results[spec.name].get("pruning")]
-  if pruned:
-    lines += ["", "## Block pruning: test accuracy with one residual block deleted (no fine-tuning)", "",
-              "Inside = residual blocks whose output layer lies in the detected block (none without a block). "
-              "Cumulative: the last k removable blocks deleted together.", "",
-              "| model | full acc | blocks inside / outside | mean drop inside | mean drop outside | max drop | "
-              "acc. with last 25% / 50% deleted |", "|---|---:|---|---:|---:|---:|---|"]
-    for spec in pruned:
-      p = results[spec.name]["pruning"]
-      drops = p["full_accuracy"] - np.array(p["single_accuracy"])
-      cum = p["cumulative_accuracy"]
-      quarter, half = cum[max(len(cum) // 4 - 1, 0)], cum[max(len(cum) // 2 - 1, 0)]
-      lines.append(f"| {spec.name} | {p['full_accuracy']:.3f} | {len(p['inside'])} / {len(p['outside'])} | "
-                   f"{_fmt(p['mean_drop_inside'])} | {_fmt(p['mean_drop_outside'])} | {drops.max():.3f} | "
-                   f"{quarter:.3f} / {half:.3f} |")
-  if cross:
-    lines += ["", "## Cross-model CKA of corresponding layers (relative depth), inside vs outside the blocks", "",
-              "| kind | A | B | mean CKA outside (pairs) | mean CKA inside (pairs) |", "|---|---|---|---|---|"]
-    for c in cross:
-      s = c["summary"]
-      lines.append(f"| {c['kind']} | {c['a']} | {c['b']} | {_fmt(s['outside_mean'])} ({s['num_outside']}) | "
-                   f"{_fmt(s['inside_mean'])} ({s['num_inside']}) |")
-  if population:
-    e, c = population["examples"], population["classes"]
-    lines += [
-        "", f"## Output level: {population['a']} vs {population['b']}, {population['num_seeds']} seeds each", "",
-        f"- Per-example errors: statistic {e['statistic']:.4g}, permutation p = {e['p_value']:.3g}; seed-split "
-        f"baseline within {population['a']}: statistic {e['baseline_statistic']:.4g}, p = {e['baseline_p_value']:.3g}.",
-        f"- Examples with significantly different error rates (Fisher exact, BH α = 0.05): {e['significant_examples']}"
-        f" (baseline: {e['baseline_significant_examples']}); mean error {e['mean_error_a']:.4f} vs {e['mean_error_b']:.4f}.",
-        f"- Classes with significantly different accuracy (Welch t, BH α = 0.05): {int(np.sum(c['significant']))} of "
-        f"{len(c['significant'])}; largest difference {max(c['difference'], key=abs):+.4f}.",
-    ]
-  lines += ["", "Figures:", ""] + [f"- ![{p.stem}]({p.name})" for p in figures]
-  path = workdir / "report.md"
-  io.write_text(path, "\n".join(lines) + "\n")
-  return path
+  return skeleton.write_report(workdir, [
+      "# Wide vs deep: within-model CKA, block structure and what it means", method, block_report.model_table(models),
+      "Without a block, the PC1 and CKA columns are read over the trained network's longest similar run.",
+      *block_report.ablation_section(cfg.ablations, ablations), *block_report.pruning_section(models),
+      *block_report.cross_section(cross), *block_report.population_section(population)], figures)
