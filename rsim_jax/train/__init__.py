@@ -14,8 +14,9 @@ from rsim_jax.train.loop import (Program, build_model, checkpoint_steps, evaluat
                                  train)
 from rsim_jax.train.metrics import read_metrics
 from rsim_jax.train.optim import cross_entropy, learning_rate_schedule, make_optimizer
+from rsim_jax.train.state import TrainState
 
 __all__ = [
-    "Checkpointer", "Program", "TrainConfig", "build_model", "checkpoint_steps", "cross_entropy", "evaluate",
+    "Checkpointer", "Program", "TrainConfig", "TrainState", "build_model", "checkpoint_steps", "cross_entropy", "evaluate",
     "learning_rate_schedule", "load_config", "load_initial_model", "load_model", "make_optimizer", "parse_override", "read_metrics", "train",
 ]

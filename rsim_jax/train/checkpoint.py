@@ -1,9 +1,14 @@
 """Orbax checkpoints of the training state: periodic saves, keep-k, restore of the latest (or a given) step.
 
-A checkpoint holds the whole `TrainState` pytree (`step`, `params`, `model_state` = BatchNorm statistics,
+A checkpoint holds the whole `TrainState` (`step`, `params`, `model_state` = BatchNorm statistics,
 `opt_state`) plus a small JSON `meta` (epoch, data position). The data order and augmentation are functions
 of `(seed, step)`, so restoring the step restores every random stream, and a resumed run continues exactly
 where the interrupted one stood.
+
+On disk the state is the plain dict `TrainState.to_checkpoint()` gives (`{"step", "params", "model_state",
+"opt_state"}`): the layout of the checkpoints written when the state was a dict, so those restore into a
+`TrainState`, and checkpoints written now read as that dict with Orbax alone. The conversion happens here, at
+the checkpoint boundary; any other pytree is saved and restored as it is.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from rsim_jax import io
+from rsim_jax.train.state import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -45,8 +51,12 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+    """Saves `state` (a `TrainState`, written as its dict, or any pytree of arrays) and the JSON `meta` as
+    step `step` (asynchronously; nothing is written if that step is already saved)."""
     if step in self.manager.all_steps():
       return
+    if isinstance(state, TrainState):
+      state = state.to_checkpoint()
     self.manager.save(
         int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
         force=True,
@@ -54,17 +64,25 @@ class Checkpointer:
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Restores `step` (default: the latest) into the structure, dtypes and shardings of `abstract_state`
-    (a pytree of `jax.ShapeDtypeStruct`)."""
+    (a pytree of `jax.ShapeDtypeStruct`; a `TrainState` of them restores a `TrainState`, from checkpoints of
+    the dict form too).
+
+    Returns:
+      `(state, meta)`.
+    """
     step = self.latest_step() if step is None else int(step)
     if step is None or step not in self.manager.all_steps():
       raise FileNotFoundError(
           f"No checkpoint{'' if step is None else f' at step {step}'} in {self.directory} "
           f"(available steps: {self.all_steps()})."
       )
+    typed = isinstance(abstract_state, TrainState)
+    target = abstract_state.to_checkpoint() if typed else abstract_state
     restored = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
     )
-    return restored["state"], restored["meta"]
+    state = TrainState.from_checkpoint(restored["state"]) if typed else restored["state"]
+    return state, restored["meta"]
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -49,17 +49,12 @@ from rsim_jax.train import optim
 from rsim_jax.train.checkpoint import Checkpointer, abstract_like
 from rsim_jax.train.config import TrainConfig
 from rsim_jax.train.metrics import MetricsWriter
+from rsim_jax.train.state import TrainState
 
 CONFIG_FILE = "config.json"
 FINAL_FILE = "final_metrics.json"
 RUN_INFO_FILE = "run_info.json"
 SUBSET_FILE = "train_subset_indices.npy"
-
-# The train state is a plain dict of arrays, so that it jits, shards and checkpoints as one pytree:
-#   step: int32 scalar; params: pure dict of nnx.Param values; model_state: pure dict of the other model
-#   variables (BatchNorm running statistics); opt_state: optax state.
-TrainState = dict
-
 
 # --- Model and state ---
 
@@ -102,8 +97,8 @@ class Program:
     model = build_model(self.config, self.image_shape, self.num_classes)
     _, params, rest = nnx.split(model, nnx.Param, ...)
     params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": rest,
-            "opt_state": self.tx.init(params)}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=rest,
+                      opt_state=self.tx.init(params))
 
   def abstract_state(self, sharding=None) -> TrainState:
     return abstract_like(jax.eval_shape(self._init_state), sharding)
@@ -112,26 +107,25 @@ class Program:
     """An NNX model holding `params` and `model_state` (eval mode unless `train`)."""
     return nnx.merge(self.train_graphdef if train else self.eval_graphdef, params, model_state)
 
-  def _train_step(self, state: TrainState, batch: dict[str, jax.Array]):
+  def _train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
     labels = batch["label"]
 
     def loss_fn(params):
-      model = nnx.merge(self.train_graphdef, params, state["model_state"])
+      model = nnx.merge(self.train_graphdef, params, state.model_state)
       logits = model(batch["image"])
       loss = jnp.mean(optim.cross_entropy(logits, labels, self.config.label_smoothing))
       _, _, new_model_state = nnx.split(model, nnx.Param, ...)
       return loss, (logits, nnx.to_pure_dict(new_model_state))
 
-    (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
+    (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
-        "lr": self.schedule(state["step"]),
+        "lr": self.schedule(state.step),
     }
-    new_state = {"step": state["step"] + 1, "params": params, "model_state": model_state, "opt_state": opt_state}
-    return new_state, metrics
+    return TrainState(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state), metrics
 
   def _eval_step(self, params, model_state, batch):
     model = nnx.merge(self.eval_graphdef, params, model_state)
@@ -323,7 +317,7 @@ def train(
     with jax.set_mesh(mesh):
       if ckpt.latest_step() is not None:
         state, _ = ckpt.restore(program.abstract_state(replicated))
-        start = int(state["step"])
+        start = int(state.step)
         # As process 0 sees it: a process returning early would leave the others waiting in collectives.
         if io.agreed_exists(final_path):
           final = json.loads(final_path.read_text())
@@ -390,7 +384,7 @@ def _run(config, program, state, start, train_ds, eval_ds, *, mesh, ckpt, writer
       return
     began = time.perf_counter()
     ds = eval_ds if split == "test" else train_ds
-    result = evaluate(program, state["params"], state["model_state"], ds, batch_size=config.eval_batch_size,
+    result = evaluate(program, state.params, state.model_state, ds, batch_size=config.eval_batch_size,
                       mesh=mesh)
     writer.write(step, config.eval_split if split == "test" else split, {"epoch": step / steps_per_epoch, **result})
     evaluated[split] = step
@@ -467,7 +461,7 @@ def load_model(workdir: io.PathLike, *, step: int | None = None) -> tuple[nnx.Mo
     state, _ = ckpt.restore(program.abstract_state(device), step)
   finally:
     ckpt.close()
-  return program.model(state["params"], state["model_state"]), config
+  return program.model(state.params, state.model_state), config
 
 
 def load_initial_model(workdir: io.PathLike) -> nnx.Module:
@@ -479,7 +473,7 @@ def load_initial_model(workdir: io.PathLike) -> nnx.Module:
   program = Program(config, info["image_shape"], info["num_classes"], total_steps=info["total_steps"],
                     warmup_steps=info["warmup_steps"])
   state = program.init_state(jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-  model = program.model(state["params"], state["model_state"])
+  model = program.model(state.params, state.model_state)
   model.eval()
   return model
 

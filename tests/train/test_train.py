@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rsim_jax import parallel
-from rsim_jax.train import Program, TrainConfig, load_model, read_metrics, train
+from rsim_jax.train import Program, TrainConfig, TrainState, load_model, read_metrics, train
 from rsim_jax.train import __main__ as train_main
 from tests.train import fake_data
 
@@ -34,15 +34,16 @@ def test_data_parallel_step_on_8_devices_equals_1_device():
   batches = [b for _, b in zip(range(3), fake_data.train_batches(ds, batch_size=32, seed=0))]
   one = _steps(program, init, batches, parallel.data_mesh(1))
   eight = _steps(program, init, batches, parallel.data_mesh(8))
-  leaf = eight["params"]["stem_conv"]["kernel"]
+  assert isinstance(eight, TrainState)
+  leaf = eight.params["stem_conv"]["kernel"]
   assert len(leaf.sharding.device_set) == 8 and leaf.sharding.is_fully_replicated
-  assert int(eight["step"]) == 3
+  assert int(eight.step) == 3
   one, eight = _host(one), _host(eight)
   for tree in ("params", "model_state"):
-    for a, b in zip(jax.tree.leaves(one[tree]), jax.tree.leaves(eight[tree])):
+    for a, b in zip(jax.tree.leaves(getattr(one, tree)), jax.tree.leaves(getattr(eight, tree))):
       np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * float(np.abs(a).max() + 1e-12))
   moved = max(float(np.abs(a - b).max())
-              for a, b in zip(jax.tree.leaves(one["params"]), jax.tree.leaves(init["params"])))
+              for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(init.params)))
   assert moved > 1e-3  # the steps did change the parameters
 
 
