@@ -1,4 +1,5 @@
-"""Training: data-parallel SGD of the `rsim_jax.models` with Orbax checkpoints and JSONL metrics.
+"""Training: data-parallel SGD of the `rsim_jax.models` with Orbax checkpoints and JSONL metrics (optionally
+TensorBoard too: `TrainConfig(tensorboard=True)`, the `tensorboard` extra).
 
     from rsim_jax.train import TrainConfig, train, load_model, load_config
     config = load_config("experiments/train_configs/resnet_digits.py:local")

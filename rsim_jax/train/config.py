@@ -80,13 +80,16 @@ class TrainConfig:
     keep_checkpoints: how many recent checkpoints Orbax keeps.
     num_devices: devices of the "data" mesh axis (None = all).
     progress: show a tqdm progress bar.
+    tensorboard: also write the metrics as TensorBoard scalars in `<workdir>/tensorboard/` (`train/loss`,
+      `test/accuracy`, ...; `tensorboard --logdir <workdir>/tensorboard`). Needs tensorboardX, the optional
+      extra `pip install 'rsim_jax[tensorboard]'`; `metrics.jsonl` is written either way.
   """
 
   # Fields that do not change a run's result: a run resumes under a config that differs only in these (it may
   # resume on another machine; how often it evaluates, logs or saves, and streaming or in-memory data, give the
   # same run). Any other difference is refused (`configs.check_resume`).
   RUN_ONLY_FIELDS = ("progress", "num_devices", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-                     "log_every_steps", "stream")
+                     "log_every_steps", "stream", "tensorboard")
 
   model: str = "resnet"
   model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"depth": 20})
@@ -123,6 +126,7 @@ class TrainConfig:
   keep_checkpoints: int = 2
   num_devices: int | None = None
   progress: bool = True
+  tensorboard: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "model_kwargs", _freeze(dict(self.model_kwargs)))
@@ -141,6 +145,9 @@ class TrainConfig:
       bad(f"dtype={self.dtype!r}; choose one of {DTYPES}.")
     if self.schedule not in SCHEDULES:
       bad(f"schedule={self.schedule!r}; choose one of {SCHEDULES}.")
+    if not isinstance(self.tensorboard, bool):
+      bad(f"tensorboard={self.tensorboard!r} must be True (also write TensorBoard event files; needs the "
+          "`tensorboard` extra) or False.")
     if self.stream not in (None, True, False):
       bad(f"stream={self.stream!r} must be None (stream variable-size tfds sets), True or False.")
     if self.batch_size < 1 or self.eval_batch_size < 1:

@@ -25,6 +25,7 @@ state is replicated on every device, and only process 0 writes files (`rsim_jax.
 Work directory layout:
     config.json           the `TrainConfig`
     metrics.jsonl         one JSON object per line (train: loss, accuracy, lr, images/s; test: loss, accuracy)
+    tensorboard/          the same metrics as TensorBoard scalars (with `TrainConfig.tensorboard`)
     checkpoints/<step>/   Orbax checkpoints (params, BatchNorm statistics, optimizer state, step)
     run_info.json         what the model and schedule took from the data (image shape, classes, steps)
     train_subset_indices.npy  a streamed run's `train_subset` (positions in the split; its labels are read once)
@@ -309,8 +310,8 @@ def train(
   program = Program(config, info["image_shape"], info["num_classes"], total_steps=total_steps,
                     warmup_steps=warmup_steps)
 
+  writer = MetricsWriter(workdir, tensorboard=config.tensorboard)  # first: a missing tensorboardX fails here
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
-  writer = MetricsWriter(workdir)
   replicated = parallel.replicated(mesh)
   final_path = workdir / FINAL_FILE
   try:
@@ -333,6 +334,7 @@ def train(
                    stop_after_step=stop_after_step)
   finally:
     ckpt.close()
+    writer.close()
   if not final.get("interrupted"):
     io.write_json(final_path, final)
   # No process returns before the files are written: the next thing a study does may be to read them.
