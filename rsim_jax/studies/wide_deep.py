@@ -504,12 +504,13 @@ def run(cfg: WideDeepConfig, workdir: io.PathLike):
   Multi-host (`rsim --multihost study wide_deep ...` on every host): training and extraction span all hosts'
   devices, every process computes the same analyses, process 0 writes every file (`rsim_jax.io`)."""
   workdir = io.path(workdir)
-  specs = {spec.name: spec for spec in cfg.models()}
+  specs = cfg.models()
+  by_name = {spec.name: spec for spec in specs}
   results = skeleton.train_all(
-      [(name, train_config(cfg, spec)) for name, spec in specs.items()], workdir,
-      then=lambda name, model_dir, _: analyse_model(cfg, specs[name], model_dir, workdir / "analysis"))
+      [(spec.name, train_config(cfg, spec)) for spec in specs], workdir,
+      then=lambda name, model_dir, _: analyse_model(cfg, by_name[name], model_dir, workdir / "analysis"))
   cross = []
-  for a, b, kind in _cross_pairs(cfg, list(specs.values())):
+  for a, b, kind in _cross_pairs(cfg, specs):
     print(f"cross-model CKA ({kind}): {a.name} vs {b.name}", flush=True)
     cross.append({"kind": kind, **cross_analysis(cfg, a, b, workdir, results)})
   population = population_analysis(cfg, results)
@@ -521,8 +522,8 @@ def run(cfg: WideDeepConfig, workdir: io.PathLike):
       "cross": [{k: v for k, v in c.items() if k != "cross_cka"} for c in cross],
       "population": population,
   })
-  figures = _figures(cfg, list(specs.values()), results, ablations, population, cross, workdir)
-  return write_report(cfg, list(specs.values()), results, cross, population, ablations, figures, workdir)
+  figures = _figures(cfg, specs, results, ablations, population, cross, workdir)
+  return write_report(cfg, specs, results, cross, population, ablations, figures, workdir)
 
 
 def _grid_figure(results: dict[str, dict], specs: Sequence[ModelSpec], get, path: pathlib.Path, title: str, *,

@@ -94,7 +94,8 @@ def test_variants_registry_returns_new_configs_and_names_the_choices():
     return {**variants.get("local"), "size": 100}
 
   assert variants.names == ("local", "paper")
-  assert variants.get("paper") == {"size": 100}
+  assert variants.get("paper") == {"size": 100} and variants.get() == {"size": 1}  # default: "local"
+  assert skeleton.Variants("other", default="paper").default == "paper"
   first = variants.get("local")
   first["size"] = 5
   assert variants.get("local") == {"size": 1}  # a new config each time
