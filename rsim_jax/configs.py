@@ -80,12 +80,13 @@ def parse_assignment(assignment: str) -> tuple[str, Any]:
   return path, value
 
 
-def _freeze(value: Any) -> Any:
-  """JSON lists → tuples, recursively (configs are frozen and compare equal after a JSON round trip)."""
+def freeze(value: Any) -> Any:
+  """JSON lists → tuples, recursively (configs are frozen and compare equal after a JSON round trip); mapping
+  keys become strings."""
   if isinstance(value, Mapping):
-    return {str(k): _freeze(v) for k, v in value.items()}
+    return {str(k): freeze(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return tuple(_freeze(v) for v in value)
+    return tuple(freeze(v) for v in value)
   return value
 
 
@@ -127,7 +128,7 @@ def _coerce(value: Any, hint: Any) -> Any:
   """`value` as the annotation `hint` says (lists → tuples, recursively), or `_Mismatch`."""
   origin, args = typing.get_origin(hint), typing.get_args(hint)
   if hint is Any:
-    return _freeze(value)
+    return freeze(value)
   if origin in (typing.Union, types.UnionType):
     for arg in args:  # in order: `int | float` keeps an int an int
       try:
@@ -164,13 +165,13 @@ def _coerce(value: Any, hint: Any) -> Any:
       if len(args) != len(value):
         raise _Mismatch
       return tuple(_coerce(v, a) for v, a in zip(value, args))
-    return _freeze(value)
+    return freeze(value)
   if origin in (dict, collections.abc.Mapping) or hint in (dict, Mapping):
     if not isinstance(value, Mapping):
       raise _Mismatch
     inner = args[1] if len(args) == 2 else Any
     return {str(k): _coerce(v, inner) for k, v in value.items()}
-  return _freeze(value)  # an annotation this checker does not model: accepted as is
+  return freeze(value)  # an annotation this checker does not model: accepted as is
 
 
 def _hint_of_value(current: Any) -> Any:

@@ -21,15 +21,6 @@ DTYPES = ("float32", "bfloat16")
 WEIGHT_DECAY_ON = ("all", "kernels")
 
 
-def _freeze(value: Any) -> Any:
-  """Lists → tuples, recursively (JSON turns tuples into lists; this makes configs compare equal again)."""
-  if isinstance(value, Mapping):
-    return {str(k): _freeze(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return tuple(_freeze(v) for v in value)
-  return value
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """A training run.
@@ -129,8 +120,8 @@ class TrainConfig:
   tensorboard: bool = False
 
   def __post_init__(self):
-    object.__setattr__(self, "model_kwargs", _freeze(dict(self.model_kwargs)))
-    object.__setattr__(self, "data_kwargs", _freeze(dict(self.data_kwargs)))
+    object.__setattr__(self, "model_kwargs", configs.freeze(dict(self.model_kwargs)))
+    object.__setattr__(self, "data_kwargs", configs.freeze(dict(self.data_kwargs)))
     object.__setattr__(self, "step_boundaries", tuple(float(b) for b in self.step_boundaries))
     self.validate()
 
