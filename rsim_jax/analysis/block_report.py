@@ -106,6 +106,30 @@ def pruning_section(models: Iterable[tuple[str, Mapping]]) -> Blocks:
                  "acc. with last 25% / 50% deleted"], rows, "lrlrrrl")]
 
 
+def confidence_section(models: Iterable[tuple[str, Mapping]]) -> Blocks:
+  """Error bars of every detected block (`block_structure.block_confidence`); nothing when no model has one."""
+  rows = []
+  for name, r in models:
+    c = r.get("block_confidence") or {}
+    if "mean_cka" not in c:  # no block, or the error pass was skipped
+      continue
+    pair = c["weakest_pair"]
+    rows.append([name, span(r["blocks"]["trained"]), f"{fmt(c['mean_cka'])} ± {fmt(c['mean_cka_stderr'])}",
+                 f"{pair[0]}–{pair[1]}: {fmt(c['weakest_pair_cka'])} ({fmt(c['weakest_pair_z'], '.1f')} SE)",
+                 " / ".join(fmt(z, ".1f") for z in c["edge_z"]),
+                 f"{fmt(c.get('pc1_contrast'), '.2f')} ± {fmt(c.get('pc1_contrast_stderr'), '.2f')}",
+                 f"{c['num_batches']} × {c['stderr_batch_size']}, {c['stderr_groups']} groups"])
+  if not rows:
+    return []
+  return ["## How sure is each block? (jackknife over minibatches, bootstrap over examples)",
+          "CKA ± the mean standard error of the block's entries (leave-one-group-out jackknife of minibatch CKA, "
+          "`kernels.minibatch_cka_jackknife`); the weakest pair's margin over the threshold in standard errors; "
+          "for the layers just before / after the block, their least CKA to it minus the threshold in SEs (negative: "
+          "excluded by CKA); the PC1 contrast trained − untrained ± SE (bootstrap over the sampled examples).",
+          table(["model", "block", "CKA in block ± SE", "weakest pair (margin)", "edges before / after (SE)",
+                 "PC1 contrast ± SE", "error pass"], rows, "llrllrl")]
+
+
 def cross_section(cross: Sequence[Mapping]) -> Blocks:
   """Cross-model CKA inside vs outside the blocks, one row per `{"kind", "a", "b", "summary"}`
   (`CrossModelSummary.to_json()`); nothing without pairs."""

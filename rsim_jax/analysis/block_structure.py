@@ -16,7 +16,7 @@ blocks (DESIGN.md, "Block structure"). Compare block lengths only between models
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -298,3 +298,73 @@ def block_vs_baseline(
       baseline_mean_cka=_mean_off_diagonal(baseline_cka, ref.start, ref.end),
       cka_to_rest=cka_to_rest, min_pc1=min_pc1, min_pc1_gain=min_pc1_gain, min_size=min_size,
   )
+
+
+def block_confidence(
+    block: Mapping | Block,
+    cka: np.ndarray,
+    cka_stderr: np.ndarray,
+    *,
+    threshold: float = 0.9,
+    trained_pc1: Sequence[float] | None = None,
+    trained_pc1_stderr: Sequence[float] | None = None,
+    baseline_pc1: Sequence[float] | None = None,
+    baseline_pc1_stderr: Sequence[float] | None = None,
+) -> dict:
+  """How sure a detected block is: its CKA and PC1 contrast with error bars, and how clearly its edges stand.
+
+  Standard errors come from the same pass: the jackknife of minibatch CKA (`kernels.minibatch_cka_jackknife`)
+  and a bootstrap over examples of the PC1 fraction (`analysis.uncertainty.pc1_fraction_bootstrap`).
+
+  - `mean_cka ± mean_cka_stderr`: the block's mean off-diagonal CKA; its error is the mean of the entries' SEs
+    (the entries share examples, so this is the correlated, conservative bound).
+  - `weakest_pair_z`: `(min pair CKA − threshold) / its SE`: how many standard errors the block's least similar
+    pair clears the threshold by (≥ 2: the block would survive resampling; < 1: borderline).
+  - `edge_z` `[before, after]`: for the layer just outside each end, `(its least CKA to a block layer −
+    threshold) / that entry's SE`; negative = the layer is excluded by CKA, by that many SEs (NaN where the
+    block touches the first or last layer). A layer excluded only for lacking a dominant PC1 has edge_z > 0.
+  - `pc1_contrast ± pc1_contrast_stderr`: mean over the block of trained − untrained PC1 fraction, SE from the
+    layers' bootstrap SEs added in quadrature per layer and averaged (conservative).
+
+  Args:
+    block: the detected block (`Block`, or its JSON); size 0 → an empty dict.
+    cka, cka_stderr: `(L, L)` trained minibatch CKA and its standard error (same pass).
+    threshold: the detector's CKA threshold.
+    trained_pc1, trained_pc1_stderr, baseline_pc1, baseline_pc1_stderr: `(L,)` PC1 fractions and their SEs.
+  """
+  start, end, size = ((block.start, block.end, block.size) if isinstance(block, Block)
+                      else (block["start"], block["end"], block["size"]))
+  if not size:
+    return {}
+  cka, se = np.asarray(cka, np.float64), np.asarray(cka_stderr, np.float64)
+  if cka.shape != se.shape or cka.ndim != 2:
+    raise ValueError(f"`cka` {cka.shape} and `cka_stderr` {se.shape} must be the same (L, L) matrix shape.")
+  span = slice(start, end + 1)
+  inside, inside_se = cka[span, span], se[span, span]
+  off = ~np.eye(size, dtype=bool)
+  weakest = np.unravel_index(np.argmin(np.where(off, inside, np.inf)), inside.shape)
+  tiny = np.finfo(np.float64).tiny
+
+  def z(value, error):
+    return float((value - threshold) / max(error, tiny))
+
+  def edge(layer):
+    if layer < 0 or layer >= len(cka):
+      return float("nan")
+    row = cka[layer, span]
+    j = int(np.argmin(row))
+    return z(row[j], se[layer, start + j])
+
+  out = {
+      "mean_cka": float(inside[off].mean()), "mean_cka_stderr": float(inside_se[off].mean()),
+      "weakest_pair": [int(start + weakest[0]), int(start + weakest[1])],
+      "weakest_pair_cka": float(inside[weakest]), "weakest_pair_z": z(inside[weakest], inside_se[weakest]),
+      "edge_z": [edge(start - 1), edge(end + 1)],
+  }
+  if trained_pc1 is not None and trained_pc1_stderr is not None and baseline_pc1 is not None:
+    t, b = np.asarray(trained_pc1, np.float64)[span], np.asarray(baseline_pc1, np.float64)[span]
+    t_se = np.asarray(trained_pc1_stderr, np.float64)[span]
+    b_se = np.zeros_like(t_se) if baseline_pc1_stderr is None else np.asarray(baseline_pc1_stderr, np.float64)[span]
+    out["pc1_contrast"] = float(np.mean(t - b))
+    out["pc1_contrast_stderr"] = float(np.mean(np.sqrt(t_se ** 2 + b_se ** 2)))
+  return out

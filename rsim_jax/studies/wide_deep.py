@@ -35,7 +35,7 @@ import numpy as np
 
 from rsim_jax import configs, extract, io, plotting
 from rsim_jax.analysis import (block_report, block_structure, cross_model, output_errors, principal_components, probes,
-                               pruning)
+                               pruning, uncertainty)
 from rsim_jax.studies import skeleton
 
 Architecture = tuple[int, int]  # (depth, width multiplier)
@@ -102,6 +102,12 @@ class WideDeepConfig:
       steps as the full-data models (num_epochs / f epochs), so small sets are fitted too (the block is a
       property of models that fit their training data: experiments/wide_deep/RESULTS.md); "epochs" = the same
       number of epochs.
+    stderr_batch_size, stderr_groups: error bars of the block (`block_structure.block_confidence`): the trained
+      network's minibatch CKA is re-streamed with per-device batches of `stderr_batch_size` (None: the main
+      pass's `cka_batch_size`) and a jackknife over `stderr_groups` groups of batches gives every entry's SE;
+      small eval splits need small batches for enough groups (digits: 360 test images, batches of 36 → 10).
+    pc1_bootstrap: resamples of the examples for the PC1 fractions' standard errors (block layers only);
+      0 = no PC1 error bars.
     pruning: measure test accuracy with each removable residual block deleted alone, and cumulatively from
       the last block back (`analysis.pruning`, no fine-tuning), on the CKA evaluation examples of the main
       grid (fraction 1, first seed).
@@ -133,6 +139,9 @@ class WideDeepConfig:
   sample_size: int = 1000
   probe_train_examples: int = 1000
   subset_budget: str = "steps"
+  stderr_batch_size: int | None = None
+  stderr_groups: int = 20
+  pc1_bootstrap: int = 100
   pruning: bool = True
   model: str = "resnet"
 
@@ -182,7 +191,7 @@ def _local() -> WideDeepConfig:
       fraction_architectures=((20, 1), (56, 1)),
       population=((20, 1), (56, 1)), population_seeds=(0, 1, 2),
       cross_architectures=(((56, 1), (20, 2)),),
-      cka_batch_size=128, sample_size=360, probe_train_examples=1000,
+      cka_batch_size=128, sample_size=360, probe_train_examples=1000, stderr_batch_size=36, stderr_groups=10,
   )
 
 
@@ -321,7 +330,7 @@ def plan(cfg: WideDeepConfig) -> list[dict]:
 
 # Bumped when a cached per-model analysis would no longer match what `analyse_model` computes (2: the block is
 # read against the untrained network at the same layers).
-ANALYSIS_VERSION = 2
+ANALYSIS_VERSION = 3  # 3: block_confidence (error bars of the block)
 
 
 def detect_block(cfg: WideDeepConfig, trained_cka, init_cka, pc1, init_pc1, names):
@@ -405,9 +414,37 @@ def _analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path
       accuracy = probes.probe_all_layers(train_sample.samples[0], train_sample.sample_labels,
                                          comparison.samples[0], comparison.sample_labels)
       result["probe_accuracy"] = [accuracy[n] for n in names]
+  if cfg.stderr_groups:
+    result["block_confidence"] = _block_confidence(cfg, trained, config, result, comparison, pc1, init_pc1)
   if _wants_pruning(cfg, spec):
     result["pruning"] = pruning_analysis(cfg, trained, config, result["blocks"]["trained"])
   return result
+
+
+def _block_confidence(cfg: WideDeepConfig, trained, config, result: dict, comparison, pc1, init_pc1) -> dict:
+  """Error bars of the detected block: CKA SEs from a jackknife pass, PC1 SEs from a bootstrap of the sample."""
+  block = result["blocks"]["trained"]
+  if not block["size"]:
+    return {}
+  batch_size = cfg.stderr_batch_size or cfg.cka_batch_size
+  batches, total = _batches(config, config.eval_split, batch_size, cfg.max_eval_examples)
+  if total < 2:  # a jackknife needs two groups of batches
+    return {"skipped": f"the evaluation split makes {total} batch(es) of {batch_size} per device; lower "
+                       "`stderr_batch_size` for error bars"}
+  errors = extract.compare_models(trained, batches, total=total, stderr_groups=cfg.stderr_groups,
+                                  progress=False).within[0]
+  pc1_se = init_se = None
+  if pc1 is not None and cfg.pc1_bootstrap:
+    names = result["layer_names"]
+    pc1_se, init_se = np.full(len(names), np.nan), np.full(len(names), np.nan)
+    for i in range(block["start"], block["end"] + 1):
+      for samples, out in ((comparison.samples[0], pc1_se), (comparison.samples[1], init_se)):
+        out[i] = float(uncertainty.pc1_fraction_bootstrap(samples[names[i]], num_resamples=cfg.pc1_bootstrap).stderr)
+  confidence = block_structure.block_confidence(
+      block, errors.matrix, errors.stderr, threshold=cfg.block_threshold, trained_pc1=pc1,
+      trained_pc1_stderr=pc1_se, baseline_pc1=init_pc1, baseline_pc1_stderr=init_se)
+  return {**confidence, "stderr_batch_size": batch_size, "stderr_groups": cfg.stderr_groups,
+          "num_batches": errors.num_batches}
 
 
 def _model_heatmap(spec: ModelSpec, result: dict, out_dir: pathlib.Path, *, redraw: bool = False) -> None:
@@ -647,5 +684,5 @@ def write_report(cfg, specs, results, cross, population, ablations, figures, wor
   return skeleton.write_report(workdir, [
       "# Wide vs deep: within-model CKA, block structure and what it means", method, block_report.model_table(models),
       "Without a block, the PC1 and CKA columns are read over the trained network's longest similar run.",
-      *block_report.ablation_section(cfg.ablations, ablations), *block_report.pruning_section(models),
+      *block_report.ablation_section(cfg.ablations, ablations), *block_report.confidence_section(models), *block_report.pruning_section(models),
       *block_report.cross_section(cross), *block_report.population_section(population)], figures)

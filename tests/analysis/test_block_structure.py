@@ -164,3 +164,26 @@ def test_block_json_round_trip():
   assert block_structure.Block.from_json(block.to_json()) == block
   unnamed = {k: v for k, v in block.to_json().items() if k != "names"}
   assert block_structure.Block.from_json(unnamed) == block_structure.Block(**unnamed)
+
+
+def test_block_confidence_reads_margins_in_standard_errors():
+  from rsim_jax.analysis.block_structure import Block, block_confidence
+
+  cka = np.full((8, 8), 0.3)
+  cka[2:6, 2:6] = 0.97
+  cka[2, 5] = cka[5, 2] = 0.93  # the weakest pair inside
+  cka[1, 2:6] = cka[2:6, 1] = 0.85  # the layer before: 0.05 under the threshold
+  np.fill_diagonal(cka, 1.0)
+  se = np.full((8, 8), 0.01)
+  pc1 = np.array([0.1, 0.1, 0.8, 0.85, 0.9, 0.8, 0.1, 0.1])
+  out = block_confidence(Block(2, 5, 4, 0.5, 0.96, 0.9), cka, se, trained_pc1=pc1, trained_pc1_stderr=np.full(8, 0.03),
+                         baseline_pc1=np.full(8, 0.3), baseline_pc1_stderr=np.full(8, 0.04))
+  assert out["weakest_pair"] == [2, 5] and out["weakest_pair_z"] == pytest.approx(3.0)
+  assert out["edge_z"][0] == pytest.approx(-5.0) and out["edge_z"][1] == pytest.approx(-60.0)
+  assert out["mean_cka"] == pytest.approx((10 * 0.97 + 2 * 0.93) / 12)
+  assert out["pc1_contrast"] == pytest.approx(0.8375 - 0.3) and out["pc1_contrast_stderr"] == pytest.approx(0.05)
+  assert block_confidence({"start": 0, "end": -1, "size": 0}, cka, se) == {}
+  edge = block_confidence({"start": 0, "end": 3, "size": 4}, cka, se)
+  assert np.isnan(edge["edge_z"][0])
+  with pytest.raises(ValueError, match="same"):
+    block_confidence({"start": 2, "end": 5, "size": 4}, cka, se[:4])
