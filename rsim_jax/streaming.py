@@ -160,6 +160,11 @@ class Statistic:
   info) -> host`. The defaults do nothing.
   """
 
+  def bind(self, ctx: Context) -> "Statistic":
+    """This statistic with facts from `ctx` fixed before tracing (e.g. resolved layer names, which must be
+    static inside the jitted step); the default needs none and returns `self`."""
+    return self
+
   def init(self, ctx: Context):
     raise NotImplementedError
 
@@ -289,7 +294,7 @@ class CKA(Statistic):
     return CKAResult(matrix, names[0], names[-1], int(sums.num_batches), int(host or 0), stderr)
 
   def bind(self, ctx):
-    """The statistic with its layer names fixed (names are static inside the jitted step)."""
+    # A copy holding the resolved layer names (static inside the jitted step); frozen, so set once here.
     bound = dataclasses.replace(self)
     object.__setattr__(bound, "_static_names", self.layers_of(ctx))
     return bound
@@ -530,6 +535,7 @@ class Predictions(Statistic):
     return tuple(jnp.argmax(step.outputs[m], axis=-1) for m in self._static_models)
 
   def bind(self, ctx):
+    # A copy holding the checked model indices (static inside the jitted step).
     bound = dataclasses.replace(self)
     object.__setattr__(bound, "_static_models", self._models(ctx))
     return bound
@@ -665,7 +671,7 @@ class Stream:
         raise ValueError(f"Model {model.name} captured no layers for these inputs; check the capture filters.")
     self.context = Context(tuple(names), tuple(shapes), tuple(outputs), self.mesh, self.axis_name,
                            tuple(m.name for m in self.models))
-    self.stats = {k: (s.bind(self.context) if hasattr(s, "bind") else s) for k, s in self.stats.items()}
+    self.stats = {k: s.bind(self.context) for k, s in self.stats.items()}
     self._params = parallel.replicate(tuple(m.params for m in self.models), self.mesh)
     self._step = self._make_step()
 
@@ -732,7 +738,10 @@ class Stream:
     return global_inputs, local_mask, mask, labels
 
   def update(self, state: StreamState | None, batch) -> StreamState:
-    """Streams one batch (this process's rows) into every statistic; `state` None starts a new pass."""
+    """Streams one batch (this process's rows) into every statistic; `state` None starts a new pass.
+
+    The device states are donated to the step and host states are updated in place: use the returned state,
+    not the one passed in."""
     global_inputs, local_mask, mask, labels = self._prepare(batch)
     if state is None:
       state = self.init()
