@@ -27,8 +27,8 @@ from rsim_jax.analysis.tables import fmt, table  # the studies' report API (`rsi
 __all__ = ["RUN_ONLY", "FINAL_MODELS_RUN_ONLY", "Variants", "cached_json", "choices", "eval_batches", "fmt",
            "model_dir", "plan_rows", "report_text", "table", "train_all", "write_report", "write_results"]
 
-# `train` fields no study's results depend on: progress bars, logging, device counts, metric streaming.
-RUN_ONLY = ("train.progress", "train.num_devices", "train.log_every_steps", "train.stream")
+# `train` fields no study's results depend on: progress bars, logging, device counts, metric streaming, TensorBoard.
+RUN_ONLY = ("train.progress", "train.num_devices", "train.log_every_steps", "train.stream", "train.tensorboard")
 # ... and, for a study that analyses only the final models, the evaluation and checkpoint intervals and the
 # checkpoints kept.
 FINAL_MODELS_RUN_ONLY = RUN_ONLY + ("train.eval_every_steps", "train.checkpoint_every_steps",
