@@ -100,7 +100,7 @@ def test_streamed_subset_reads_labels_once_and_resumes(tmp_path):
                        progress=False)
   src = data.open_source("tfds:rsim_tiny_variable", "train", image_size=16, data_dir=str(root))
   expected = data.subset_indices(src.labels, 3, count=12, seed=0)
-  full = train(config, tmp_path / "full")
+  train(config, tmp_path / "full")
   np.testing.assert_array_equal(np.load(tmp_path / "full" / loop.SUBSET_FILE), expected)
   assert np.bincount(src.labels[expected]).tolist() == [4, 4, 4]
   assert json.loads((tmp_path / "full" / "run_info.json").read_text())["num_train"] == 12
