@@ -61,8 +61,7 @@ class CapturedModel:
     Returns:
       `(output shape, OrderedDict name → jax.ShapeDtypeStruct)`.
     """
-    names = layer_order(self.apply, self.params, inputs, ordered=self.ordered)
-    output, acts = jax.eval_shape(self.apply, self.params, inputs)
+    names, output, acts = _trace(self.apply, self.params, inputs, ordered=self.ordered)
     return output, Activations((n, acts[n]) for n in names)
 
   def layer_names(self, inputs) -> tuple[str, ...]:
@@ -84,37 +83,42 @@ def layer_order(apply, params, inputs, *, ordered: bool = False) -> tuple[str, .
   (an input passed through unchanged ranks first); ties — one value under two names, e.g. a `Sequential` and
   its last layer — keep the order in which `apply` listed them.
   """
+  return _trace(apply, params, inputs, ordered=ordered)[0]
+
+
+def _trace(apply, params, inputs, *, ordered: bool):
+  """One trace of `apply`: `(names in call order, output shape, {name: activation shape})` (`layer_order`)."""
   recorded: list[tuple[str, ...]] = []
 
   def leaves(params, inputs):
-    _, acts = apply(params, inputs)
+    output, acts = apply(params, inputs)
     if not isinstance(acts, Mapping):
       raise TypeError(f"The captured function must return (output, mapping of layer name → array), got "
                       f"{type(acts).__name__} as the second element.")
     recorded.append(tuple(acts))  # the insertion order, seen while tracing (jit would sort the keys)
-    return [acts[k] for k in acts]
+    return [acts[k] for k in acts], output
 
-  closed = jax.make_jaxpr(leaves)(params, inputs)
+  closed, (act_shapes, output_shape) = jax.make_jaxpr(leaves, return_shape=True)(params, inputs)
   names = recorded[-1]
+  shapes = dict(zip(names, act_shapes))
   if ordered:
-    return names
+    return names, output_shape, shapes
   produced_by = {}
   for index, eqn in enumerate(closed.jaxpr.eqns):
     for var in eqn.outvars:
       produced_by[id(var)] = index
-  rank = [produced_by.get(id(var), -1) for var in closed.jaxpr.outvars]
+  # The activations are the first outputs of `leaves` (the model output follows them).
+  rank = [produced_by.get(id(var), -1) for var in closed.jaxpr.outvars[:len(names)]]
   # A stable sort: ties keep the function's own order (the Flax adapters list inner modules first, so a
   # parent whose output is its last child's value comes after the child).
-  return tuple(names[i] for i in sorted(range(len(names)), key=lambda i: rank[i]))
+  return tuple(names[i] for i in sorted(range(len(names)), key=lambda i: rank[i])), output_shape, shapes
 
 
-def _select(names: Sequence[str], include, exclude, *, allowed: set[str] | None = None) -> list[str]:
+def _select(names: Sequence[str], include, exclude) -> list[str]:
   include = [include] if isinstance(include, str) else include
   exclude = [exclude] if isinstance(exclude, str) else (exclude or ())
   chosen = []
   for name in names:
-    if allowed is not None and name not in allowed:
-      continue
     if include is not None and not any(fnmatch.fnmatchcase(name, p) for p in include):
       continue
     if any(fnmatch.fnmatchcase(name, p) for p in exclude):

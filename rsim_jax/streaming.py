@@ -252,9 +252,6 @@ class CKA(Statistic):
   layers: Sequence[str] | None = None
   stderr_groups: int = 0
 
-  def _names(self, ctx):
-    return self.layers_of(ctx)[0], None
-
   def layers_of(self, ctx):
     return (ctx.resolve_layers(self.model, self.layers, "CKA"),)
 
