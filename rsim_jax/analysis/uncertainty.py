@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rsim_jax import kernels
+
 
 @dataclasses.dataclass(frozen=True)
 class Bootstrap:
@@ -96,15 +98,8 @@ def seed_bootstrap(values: Mapping[tuple[int, int], np.ndarray], *, num_resample
 
 @jax.jit
 def _pc1_fractions_of_resamples(x, indices):
-  def one(idx):
-    sample = x[idx]
-    centred = sample - jnp.mean(sample, axis=0)
-    # The Gram of the (n, d) sample has the covariance's nonzero eigenvalues (times n − 1).
-    small = centred @ centred.T if x.shape[0] <= x.shape[1] else centred.T @ centred
-    eig = jnp.clip(jnp.linalg.eigvalsh(0.5 * (small + small.T)), 0.0)
-    return eig[-1] / jnp.maximum(jnp.sum(eig), jnp.finfo(eig.dtype).tiny)
-
-  return jax.lax.map(one, indices)
+  # The same kernel as the study's PC1 fractions (`principal_components.pc1_fractions`), once per resample.
+  return jax.lax.map(lambda idx: kernels.first_pc_fraction(x[idx]), indices)
 
 
 def pc1_fraction_bootstrap(x, *, num_resamples: int = 200, seed: int = 0) -> Bootstrap:
@@ -130,11 +125,10 @@ def pc1_fraction_bootstrap(x, *, num_resamples: int = 200, seed: int = 0) -> Boo
   if isinstance(num_resamples, bool) or not isinstance(num_resamples, (int, np.integer)) or num_resamples < 10:
     raise ValueError(f"`num_resamples` must be an integer ≥ 10, got {num_resamples!r}.")
   n = x.shape[0]
-  x64 = x.astype(np.float64) - x.mean(axis=0)
-  eig = np.linalg.eigvalsh(x64 @ x64.T if n <= x.shape[1] else x64.T @ x64)
-  estimate = np.asarray(eig[-1] / eig.sum())
+  centred = jnp.asarray(x - x.mean(axis=0))
+  estimate = np.asarray(kernels.first_pc_fraction(centred), np.float64)
   rng = np.random.default_rng(seed)
   indices = jnp.asarray(rng.integers(0, n, size=(num_resamples, n)), jnp.int32)
-  values = np.asarray(_pc1_fractions_of_resamples(jnp.asarray(x - x.mean(axis=0)), indices), np.float64)
+  values = np.asarray(_pc1_fractions_of_resamples(centred, indices), np.float64)
   return Bootstrap(estimate, np.asarray(values.std(ddof=1)), np.asarray(np.percentile(values, 2.5)),
                    np.asarray(np.percentile(values, 97.5)), num_resamples)
