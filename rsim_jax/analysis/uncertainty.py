@@ -96,10 +96,75 @@ def seed_bootstrap(values: Mapping[tuple[int, int], np.ndarray], *, num_resample
                    np.percentile(means, 97.5, axis=0).reshape(shape), int(used.sum()))
 
 
+# Below this size the resampled second-moment matrix is eigendecomposed exactly; above it only its largest
+# eigenvalue is needed, and subspace iteration gets it in a few matrix products instead of a full eigh.
+_EXACT_EIGH_SIZE = 64
+_SUBSPACE_RANK = 8
+_SUBSPACE_ITERATIONS = 12
+# Up to this many examples the resamples go through the `(n, n)` Gram whatever the width (a gather per
+# resample, no matrix product, at a few MB of Gram); beyond it, the `(d, d)` scatter of a narrow layer.
+_GRAM_ROUTE_EXAMPLES = 1024
+
+
+def _top_eigenvalue(m, start):
+  """Largest eigenvalue of a symmetric PSD `(k, k)` matrix `m`, from `start` `(k, r)` near its top eigenvectors.
+
+  Subspace (block power) iteration, then Rayleigh–Ritz on the `(r, r)` projection (Golub & Van Loan 2013,
+  §8.2.4): the Ritz value's relative error falls like `tan²θ₀ (λ_{r+1}/λ₁)^{2q}` after q iterations from a
+  start at angle θ₀. A resample's top eigenvectors are close to the original data's, so starting there, a dozen
+  iterations reach float32 rounding even when λ₂ is close to λ₁ — instead of a full eigendecomposition each.
+  """
+  if m.shape[0] <= _EXACT_EIGH_SIZE:
+    return jnp.linalg.eigvalsh(m)[-1]
+
+  def step(_, q):
+    return jnp.linalg.qr(m @ q)[0]
+
+  q = jax.lax.fori_loop(0, _SUBSPACE_ITERATIONS, step, jnp.linalg.qr(start)[0])
+  ritz = q.T @ m @ q
+  return jnp.linalg.eigvalsh(0.5 * (ritz + ritz.T))[-1]
+
+
+def _leading_eigenvectors(m):
+  k = min(_SUBSPACE_RANK, m.shape[0])
+  return jnp.linalg.eigh(m)[1][:, -k:]
+
+
+def _fractions(second_moment, start_of, indices):
+  def fraction(idx):
+    m = second_moment(idx)
+    return _top_eigenvalue(0.5 * (m + m.T), start_of(idx)) / jnp.trace(m)
+
+  return jax.lax.map(fraction, indices, batch_size=8)
+
+
 @jax.jit
-def _pc1_fractions_of_resamples(x, indices):
-  # The same kernel as the study's PC1 fractions (`principal_components.pc1_fractions`), once per resample.
-  return jax.lax.map(lambda idx: kernels.first_pc_fraction(x[idx]), indices)
+def _pc1_fractions_from_gram(x, indices):
+  """PC1 fraction of every resample `idx` (rows of `indices` `(R, n)`) of centred data `x` `(n, d)` through its
+  Gram `K` `(n, n)`: the resample's centred Gram is a gather, re-centred, `H K[idx][:, idx] H`, and its top
+  eigenvectors start from the rows `idx` of K's. Compiled once per (n, d)."""
+  gram = jnp.matmul(x, x.T, precision=jax.lax.Precision.HIGHEST)
+  top = _leading_eigenvectors(gram)
+
+  def second_moment(idx):
+    g = gram[idx][:, idx]
+    return g - g.mean(axis=0) - g.mean(axis=1)[:, None] + g.mean()
+
+  return _fractions(second_moment, lambda idx: top[idx], indices)
+
+
+@jax.jit
+def _pc1_fractions_from_scatter(x, indices):
+  """The same for data `x` `(n, d)` with many examples and d < n: the resample's `(d, d)` scatter, its top
+  eigenvectors started from the original scatter's."""
+
+  def second_moment(idx):
+    xr = x[idx]
+    xr = xr - xr.mean(axis=0)
+    return jnp.matmul(xr.T, xr, precision=jax.lax.Precision.HIGHEST)
+
+  top = _leading_eigenvectors(jnp.matmul(x.T, x, precision=jax.lax.Precision.HIGHEST))
+  return _fractions(second_moment, lambda idx: top, indices)
 
 
 def pc1_fraction_bootstrap(x, *, num_resamples: int = 200, seed: int = 0) -> Bootstrap:
@@ -107,8 +172,8 @@ def pc1_fraction_bootstrap(x, *, num_resamples: int = 200, seed: int = 0) -> Boo
 
   Args:
     x: `(n, ...)` activations of one layer (flattened per example).
-    num_resamples: bootstrap resamples of the n examples (each costs an eigendecomposition of the smaller
-      of the `(n, n)` Gram and the `(d, d)` scatter).
+    num_resamples: bootstrap resamples of the n examples (each costs the largest eigenvalue of the smaller of
+      the `(n, n)` Gram and the `(d, d)` scatter of the resample).
     seed: RNG seed.
 
   Returns:
@@ -129,6 +194,10 @@ def pc1_fraction_bootstrap(x, *, num_resamples: int = 200, seed: int = 0) -> Boo
   estimate = np.asarray(kernels.first_pc_fraction(centred), np.float64)
   rng = np.random.default_rng(seed)
   indices = jnp.asarray(rng.integers(0, n, size=(num_resamples, n)), jnp.int32)
-  values = np.asarray(_pc1_fractions_of_resamples(centred, indices), np.float64)
+  if n <= max(x.shape[1], _GRAM_ROUTE_EXAMPLES):
+    values = _pc1_fractions_from_gram(centred, indices)
+  else:
+    values = _pc1_fractions_from_scatter(centred, indices)
+  values = np.asarray(values, np.float64)
   return Bootstrap(estimate, np.asarray(values.std(ddof=1)), np.asarray(np.percentile(values, 2.5)),
                    np.asarray(np.percentile(values, 97.5)), num_resamples)

@@ -58,6 +58,25 @@ def test_pc1_bootstrap_shrinks_with_examples_and_matches_numpy():
   assert a.stderr == pytest.approx(np.std(ref, ddof=1), rel=1e-3)
 
 
+@pytest.mark.parametrize("shape", [(40, 300), (1100, 100)])
+def test_pc1_bootstrap_wide_layers_with_a_close_second_component(shape):
+  # Wide (Gram route) and tall (scatter route) layers above the exact-eigh size, λ₂ = 0.9 λ₁: each resample's
+  # fraction must still be the largest eigenvalue, as an exact float64 eigendecomposition gives it.
+  n, d = shape
+  rng = np.random.default_rng(3)
+  scales = np.concatenate([[1.0, 0.95], 0.3 * rng.random(d - 2)])
+  x = rng.standard_normal((n, d)) * scales + 5.0
+  out = uncertainty.pc1_fraction_bootstrap(x, num_resamples=40, seed=4)
+  ref = []
+  for i in np.random.default_rng(4).integers(0, n, size=(40, n)):
+    c = x[i] - x[i].mean(0)
+    eig = np.linalg.eigvalsh(c @ c.T if n <= d else c.T @ c)
+    ref.append(eig[-1] / eig.sum())
+  assert out.stderr == pytest.approx(np.std(ref, ddof=1), rel=2e-3)
+  assert out.low == pytest.approx(np.percentile(ref, 2.5), rel=1e-3)
+  assert out.high == pytest.approx(np.percentile(ref, 97.5), rel=1e-3)
+
+
 def test_errors():
   with pytest.raises(ValueError, match="at least 3"):
     uncertainty.seed_bootstrap({(0, 1): 0.5})
