@@ -24,6 +24,12 @@ def span(block: Mapping) -> str:
   return f"{block['start']}–{block['end']} ({block['size']})" if block["size"] else "none"
 
 
+def layer_range(block: Mapping) -> tuple[int, int] | None:
+  """`(start, end)` layer indices of a `Block.to_json()` of more than one layer (the span figures shade and
+  pruning splits inside/outside), else None."""
+  return (block["start"], block["end"]) if block["size"] > 1 else None
+
+
 def has_block_cell(blocks: Mapping, train_accuracy: float | None) -> str:
   """"yes"/"no", flagged when the model did not fit its training set: the paper's blocks are properties of
   trained networks, and a run that failed to train (a deep net at lr 0.1 without warm-up, sometimes) can show a
