@@ -85,6 +85,7 @@ def cka_heatmap(
     label: str = "CKA",
     vmin: float = 0.0,
     vmax: float = 1.0,
+    stderr=None,
 ) -> pathlib.Path:
   """One CKA matrix as a heatmap, layers from input (origin) to output, as in Nguyen et al. (2021), Fig. 1.
 
@@ -93,13 +94,28 @@ def cka_heatmap(
     path: where to save (.png or .pdf).
     label: the colour bar's label (another index, or "standard error" for a matrix of errors).
     vmin, vmax: the colour scale's limits (CKA: 0 to 1).
+    stderr: optional `(num_y, num_x)` standard errors of `matrix` (e.g. the jackknife's), drawn as a second
+      panel on its own scale (0 to its largest finite value), so a bright square can be read against its noise.
   """
   matrix = np.asarray(matrix)
-  fig, ax = plt.subplots(figsize=(4.2, 3.8))
-  image = _draw_heatmap(ax, matrix, x_labels=x_labels, y_labels=y_labels, title=title, vmin=vmin, vmax=vmax)
-  ax.set_xlabel(x_name)
-  ax.set_ylabel(y_name)
-  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=label)
+  panels = [(matrix, label, vmin, vmax, title)]
+  if stderr is not None:
+    stderr = np.asarray(stderr, np.float64)
+    if stderr.shape != matrix.shape:
+      raise ValueError(f"`stderr` must have the shape of `matrix` {matrix.shape}, got {stderr.shape}.")
+    top = np.nanmax(np.where(np.isfinite(stderr), stderr, np.nan)) if np.isfinite(stderr).any() else 1.0
+    panels.append((stderr, f"standard error of {label}", 0.0, float(top) or 1.0, "standard error"))
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+  for k, (ax, (values, bar, low, high, panel_title)) in enumerate(zip(axes[0], panels)):
+    # The error panel shares the rows: its y labels would run into the first panel's colour bar.
+    image = _draw_heatmap(ax, values, x_labels=x_labels, y_labels=y_labels if k == 0 else None, title=panel_title,
+                          vmin=low, vmax=high)
+    ax.set_xlabel(x_name)
+    if k == 0:
+      ax.set_ylabel(y_name)
+    else:
+      ax.set_yticks([])
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=bar)
   return _save(fig, path)
 
 

@@ -11,6 +11,21 @@ def test_heatmap_and_grid_write_images(tmp_path):
   assert png.read_bytes()[:4] == b"\x89PNG" and pdf.read_bytes()[:4] == b"%PDF"
 
 
+def test_heatmap_with_stderr_draws_a_second_panel(tmp_path):
+  from PIL import Image
+
+  m = np.eye(5) * 0.5 + 0.5
+  se = np.full((5, 5), 0.02)
+  se[0, 0] = np.nan  # an undefined entry is left blank, not the scale's maximum
+  one = plotting.cka_heatmap(m, tmp_path / "one.png")
+  two = plotting.cka_heatmap(m, tmp_path / "two.png", stderr=se)
+  w1, h1 = Image.open(one).size
+  w2, h2 = Image.open(two).size
+  assert h2 == pytest.approx(h1, rel=0.05) and w2 == pytest.approx(2 * w1, rel=0.1)  # tight bounding boxes
+  with pytest.raises(ValueError, match="`stderr` must have the shape"):
+    plotting.cka_heatmap(m, tmp_path / "bad.png", stderr=se[:4])
+
+
 def test_layer_profiles(tmp_path):
   path = plotting.layer_profiles({"deep": np.linspace(0, 1, 21), "wide (init)": np.ones(9) * 0.3}, tmp_path / "p.png",
                                  ylabel="PC1 fraction", spans={"deep": (5, 15)}, styles={"wide (init)": "--"})

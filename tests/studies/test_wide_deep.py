@@ -13,6 +13,7 @@ def _tiny_config(depths=(8,)):
       depths=depths, widths=(1, 2), width_depths=(8,), cka_batch_size=25, sample_size=60, probe_train_examples=64,
       population=((8, 1), (8, 2)), population_seeds=(0, 1), ablation_architectures=((8, 1),),
       ablations={"zeroinit": {"model_kwargs": {"zero_init_last_bn": True}}},
+      stderr_batch_size=4, stderr_groups=3,  # the default (the CKA batch) makes one batch of the 100 test examples
   )
 
 
@@ -72,6 +73,13 @@ def test_study_runs_end_to_end_and_resumes(tmp_path, fake_data, depths):
     assert all(c >= f - 1e-6 for c, f in zip(pc1["cka_with_pc1"], pc1["pc1_fraction"]))  # sqrt(λ₁²/Σλ²) ≥ λ₁/Σλ
     assert len(result["probe_accuracy"]) == num_layers and all(0 <= a <= 1 for a in result["probe_accuracy"])
     assert len(result["predictions"]) == len(result["labels"]) == 100
+    # Every model's CKA standard errors (jackknife pass): CKA of a layer with itself is 1 in every leave-out, so
+    # its error is 0; elsewhere errors are finite and non-negative, and drawn beside the heat map.
+    se = np.array(result["cka_trained_stderr"])
+    assert se.shape == cka.shape and np.all(np.isfinite(se)) and np.all(se >= 0)
+    np.testing.assert_allclose(np.diag(se), 0.0, atol=1e-5)
+    # 100 test examples in device minibatches of 4: 25 HSIC minibatches, jackknifed in 3 groups.
+    assert se.max() > 0 and result["stderr_pass"] == {"batch_size": 4, "groups": 3, "num_batches": 25}
     spec = wide_deep.ModelSpec(**result["spec"])
     if spec.seed == 0:  # Block pruning on the main grid: ResNet-8's one removable block is stage1.block0.
       prune = result["pruning"]

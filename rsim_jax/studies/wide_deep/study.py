@@ -35,7 +35,7 @@ from rsim_jax.studies.wide_deep.config import ModelSpec, WideDeepConfig, train_c
 
 # Bumped when a cached per-model analysis would no longer match what `analyse_model` computes (2: the block is
 # read against the untrained network at the same layers).
-ANALYSIS_VERSION = 3  # 3: block_confidence (error bars of the block)
+ANALYSIS_VERSION = 4  # 3: block_confidence (error bars of the block); 4: every model's CKA standard errors
 
 
 def detect_block(cfg: WideDeepConfig, trained_cka, init_cka, pc1, init_pc1, names):
@@ -116,24 +116,38 @@ def _analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path
                                          comparison.samples[0], comparison.sample_labels)
       result["probe_accuracy"] = [accuracy[n] for n in names]
   if cfg.stderr_groups:
-    result["block_confidence"] = _block_confidence(cfg, trained, config, result, comparison, pc1, init_pc1)
+    errors = _cka_errors(cfg, trained, config)
+    if isinstance(errors, str):
+      result["block_confidence"] = {"skipped": errors}
+    else:
+      result["cka_trained_stderr"] = errors.stderr.tolist()
+      result["stderr_pass"] = {"batch_size": cfg.stderr_batch_size or cfg.cka_batch_size,
+                               "groups": cfg.stderr_groups, "num_batches": errors.num_batches}
+      result["block_confidence"] = _block_confidence(cfg, result, errors, comparison, pc1, init_pc1)
   if _wants_pruning(cfg, spec):
     result["pruning"] = pruning_analysis(cfg, trained, config, result["blocks"]["trained"])
   return result
 
 
-def _block_confidence(cfg: WideDeepConfig, trained, config, result: dict, comparison, pc1, init_pc1) -> dict:
-  """Error bars of the detected block: CKA SEs from a jackknife pass, PC1 SEs from a bootstrap of the sample."""
-  block = result["blocks"]["trained"]
-  if not block["size"]:
-    return {}
+def _cka_errors(cfg: WideDeepConfig, trained, config):
+  """The trained network's minibatch CKA re-streamed in batches of `stderr_batch_size` with a jackknife over
+  `stderr_groups` groups of batches (`extract.compare_models(stderr_groups=)`): every entry's standard error.
+  A string says why not (too few batches)."""
   batch_size = cfg.stderr_batch_size or cfg.cka_batch_size
   batches, total = _batches(config, config.eval_split, batch_size, cfg.max_eval_examples)
   if total < 2:  # a jackknife needs two groups of batches
-    return {"skipped": f"the evaluation split makes {total} batch(es) of {batch_size} per device; lower "
-                       "`stderr_batch_size` for error bars"}
-  errors = extract.compare_models(trained, batches, total=total, stderr_groups=cfg.stderr_groups,
-                                  progress=False).within[0]
+    return (f"the evaluation split makes {total} batch(es) of {batch_size} per device; lower "
+            "`stderr_batch_size` for error bars")
+  return extract.compare_models(trained, batches, total=total, stderr_groups=cfg.stderr_groups,
+                                progress=False).within[0]
+
+
+def _block_confidence(cfg: WideDeepConfig, result: dict, errors, comparison, pc1, init_pc1) -> dict:
+  """Error bars of the detected block: CKA SEs from the jackknife pass `errors`, PC1 SEs from a bootstrap of
+  the sample (block layers only)."""
+  block = result["blocks"]["trained"]
+  if not block["size"]:
+    return {}
   pc1_se = init_se = None
   if pc1 is not None and cfg.pc1_bootstrap:
     names = result["layer_names"]
@@ -144,16 +158,21 @@ def _block_confidence(cfg: WideDeepConfig, trained, config, result: dict, compar
   confidence = block_structure.block_confidence(
       block, errors.matrix, errors.stderr, threshold=cfg.block_threshold, trained_pc1=pc1,
       trained_pc1_stderr=pc1_se, baseline_pc1=init_pc1, baseline_pc1_stderr=init_se)
-  return {**confidence, "stderr_batch_size": batch_size, "stderr_groups": cfg.stderr_groups,
-          "num_batches": errors.num_batches}
+  stream = result["stderr_pass"]
+  return {**confidence, "stderr_batch_size": stream["batch_size"], "stderr_groups": stream["groups"],
+          "num_batches": stream["num_batches"]}
 
 
 def _model_heatmap(spec: ModelSpec, result: dict, out_dir: pathlib.Path, *, redraw: bool = False) -> None:
   path = out_dir / f"{spec.name}_cka.png"
   if redraw or not path.exists():
     names = result["layer_names"]
+    # The standard errors are those of the jackknife pass (smaller batches than the main estimate's, so if
+    # anything larger than its noise): enough to tell a block from minibatch noise at a glance.
+    stderr = result.get("cka_trained_stderr")
     plotting.cka_heatmap(np.array(result["cka_trained"]), path, x_labels=names, y_labels=names,
-                         title=f"{spec.name}: test acc {result['test_accuracy']:.3f}")
+                         title=f"{spec.name}: test acc {result['test_accuracy']:.3f}",
+                         stderr=None if stderr is None else np.array(stderr, np.float64))
 
 
 def _wants_pruning(cfg: WideDeepConfig, spec: ModelSpec) -> bool:
