@@ -56,8 +56,9 @@ class TrainConfig:
       and dense kernels only (an optax mask on the parameters named `kernel`, `optim.weight_decay_mask`), as
       big_vision (default `wd_mults` ".*/kernel$") and Flax's ImageNet example (weights of ndim > 1) do; the
       TF official ResNet excludes the BatchNorm variables (its `exclude_batch_norm` loss filter; the one dense
-      bias still decays there). The papers' TF recipe excludes BN (set "kernels"); "all" is the default for
-      the recorded results (experiments/*/RESULTS.md were measured with it) until they are re-measured.
+      bias still decays there). Each study's variants choose: wide_deep (the TF recipe of Nguyen et al.) sets
+      "kernels"; mitosis and intrinsic_dim keep "all" (their papers do not say; their RESULTS.md were measured
+      with it). "all" stays the default here: PyTorch's semantics of `weight_decay`.
       Configs saved before this field existed read as "all", so their runs still resume.
     momentum, nesterov, label_smoothing.
     until_zero_train_error: after `num_epochs`, keep training (at the schedule's final learning rate) until

@@ -79,7 +79,8 @@ def figures(cfg: WideDeepConfig, specs, results, ablations, population, cross, w
     for s in pruned:
       r = results[s.name]
       drop = np.full(len(r["layer_names"]), np.nan)
-      drop[r["pruning"]["block_output_layer"]] = r["pruning"]["full_accuracy"] - np.array(r["pruning"]["single_accuracy"])
+      prune = r["pruning"]
+      drop[prune["block_output_layer"]] = prune["full_accuracy"] - np.array(prune["single_accuracy"])
       profiles[s.label] = drop
       if (span := block_report.layer_range(r["blocks"]["trained"])) is not None:
         spans[s.label] = span

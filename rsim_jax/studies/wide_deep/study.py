@@ -103,7 +103,8 @@ def _analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path
       "labels": comparison.labels.tolist(),
   }
   if cfg.sample_size:
-    summary = principal_components.pc1_summary(comparison.samples[0], block=block_report.layer_range(result["blocks"]["trained"]))
+    block = block_report.layer_range(result["blocks"]["trained"])
+    summary = principal_components.pc1_summary(comparison.samples[0], block=block)
     result["pc1"] = {**summary, "pc1_fraction_init": init_pc1, "num_examples": len(comparison.sample_labels)}
     if cfg.probe_train_examples:
       # A class-balanced pool of 4× the probe set to draw from: streaming all of a 50k-image split through a deep
@@ -299,5 +300,6 @@ def write_report(cfg, specs, results, cross, population, ablations, figures, wor
   return skeleton.write_report(workdir, [
       "# Wide vs deep: within-model CKA, block structure and what it means", method, block_report.model_table(models),
       "Without a block, the PC1 and CKA columns are read over the trained network's longest similar run.",
-      *block_report.ablation_section(cfg.ablations, ablations), *block_report.confidence_section(models), *block_report.pruning_section(models),
+      *block_report.ablation_section(cfg.ablations, ablations), *block_report.confidence_section(models),
+      *block_report.pruning_section(models),
       *block_report.cross_section(cross), *block_report.population_section(population)], figures)
