@@ -174,6 +174,7 @@ def layer_profiles(
     relative_depth: bool = True,
     styles: Mapping[str, str] | None = None,
     ylim: tuple[float, float] | None = None,
+    bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
 ) -> pathlib.Path:
   """One line per model of a per-layer quantity (PC1 fraction, probe accuracy, ID, ...) against depth.
 
@@ -183,12 +184,18 @@ def layer_profiles(
     spans: optional label → `(start, end)` layer indices (inclusive) to shade, e.g. a detected block.
     relative_depth: x = layer index / (L − 1), so models of different depth overlay; else the layer index.
     styles: optional label → matplotlib format string (e.g. "--" for an untrained baseline).
+    bands: optional label → `(low, high)` per layer (an interval, e.g. a bootstrap's), filled around the line.
   """
   fig, ax = plt.subplots(figsize=(5.2, 3.4))
   for label, values in profiles.items():
     values = np.asarray(values, np.float64)
     x = np.arange(len(values)) / max(len(values) - 1, 1) if relative_depth else np.arange(len(values))
     (line,) = ax.plot(x, values, (styles or {}).get(label, "-"), label=label, lw=1.4)
+    if bands and label in bands:
+      low, high = (np.asarray(v, np.float64) for v in bands[label])
+      if low.shape != values.shape or high.shape != values.shape:
+        raise ValueError(f"`bands[{label!r}]` must be (low, high) of {values.shape[0]} values each.")
+      ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, lw=0)
     if spans and label in spans and spans[label][1] >= spans[label][0]:
       s, e = spans[label]
       ax.axvspan(x[s], x[e], color=line.get_color(), alpha=0.12, lw=0)

@@ -104,3 +104,11 @@ def test_importing_plotting_keeps_a_chosen_backend():
   env.pop("MPLBACKEND")
   default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
   assert (chosen.stdout.split()[-1].lower(), default.stdout.split()[-1].lower()) == ("svg", "agg")
+
+
+def test_layer_profiles_bands(tmp_path):
+  values = np.linspace(0.2, 0.9, 7)
+  path = plotting.layer_profiles({"a": values}, tmp_path / "b.png", ylabel="CKA", bands={"a": (values - 0.1, values + 0.1)})
+  assert path.stat().st_size > 5000
+  with pytest.raises(ValueError, match=r"`bands\['a'\]` must be \(low, high\) of 7 values"):
+    plotting.layer_profiles({"a": values}, tmp_path / "c.png", ylabel="CKA", bands={"a": (values[:3], values)})

@@ -147,6 +147,26 @@ def cross_section(cross: Sequence[Mapping]) -> Blocks:
           table(["kind", "A", "B", "mean CKA outside (pairs)", "mean CKA inside (pairs)"], rows, "lllll")]
 
 
+def cross_seed_section(rows: Sequence[Mapping]) -> Blocks:
+  """Cross-seed CKA of corresponding layers with a bootstrap over seeds, one row per architecture
+  (`cross_model.cross_seed_profile` + `label`); nothing without rows."""
+  if not rows:
+    return []
+
+  def cell(b, i=None):
+    pick = (lambda k: b[k]) if i is None else (lambda k: b[k][i])
+    return f"{fmt(pick('estimate'))} ± {fmt(pick('stderr'))} [{fmt(pick('low'))}, {fmt(pick('high'))}]"
+
+  lines = []
+  for r in rows:
+    layer = int(np.nanargmin(r["per_layer"]["estimate"]))
+    lines.append([r["label"], str(len(r["seeds"])), str(r["num_pairs"]), cell(r["mean_over_layers"]),
+                  f"layer {layer}: {cell(r['per_layer'], layer)}"])
+  return ["## Cross-seed CKA with a bootstrap over seeds",
+          "Mean over seed pairs of the CKA between corresponding layers; ± bootstrap SE over seeds [95% interval].",
+          table(["architecture", "seeds", "pairs", "mean over layers", "least similar layer"], lines, "lrrll")]
+
+
 def population_section(population: Mapping | None) -> Blocks:
   """The output-level comparison of two populations (`output_errors.compare_populations` + `a`, `b`,
   `num_seeds`); nothing without one."""

@@ -8,9 +8,11 @@ Corresponding layers are matched by relative depth `i / (L − 1)`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import numpy as np
 
+from rsim_jax.analysis import uncertainty
 from rsim_jax.analysis.block_structure import Block
 
 
@@ -65,3 +67,34 @@ def summarize_cross_cka(cross_cka, block_a: Block | None, block_b: Block | None)
       mean(corresponding[inside]), mean(corresponding[~inside]), int(inside.sum()), int((~inside).sum()),
       corresponding, cross.max(axis=1),
   )
+
+
+def cross_seed_profile(corresponding: Mapping[tuple[int, int], np.ndarray], *, num_resamples: int = 2000,
+                       seed: int = 0) -> dict:
+  """Cross-seed CKA of corresponding layers, averaged over pairs of seeds, with a bootstrap over seeds.
+
+  Nguyen et al. (2021, Sec. 5) compare models of one architecture trained from different seeds: outside the
+  block their corresponding layers are similar, inside it they are not. With S ≥ 3 seeds the mean over the
+  S(S−1)/2 pairs gets an error bar from resampling the *seeds* (`analysis.uncertainty.seed_bootstrap`; pairs
+  that share a seed are not independent).
+
+  Args:
+    corresponding: `(seed_a, seed_b)` → `(L,)` CKA of every layer of seed a's model with the same layer of
+      seed b's (`CrossModelSummary.corresponding_cka`), for unordered pairs of distinct seeds (≥ 3 seeds).
+    num_resamples, seed: of the bootstrap.
+
+  Returns:
+    `{"seeds", "num_pairs", "per_layer": {"estimate", "stderr", "low", "high"} (lists of L),
+    "mean_over_layers": the same keys, scalars}`; low/high are the 95% percentile interval.
+  """
+  per_layer = uncertainty.seed_bootstrap(corresponding, num_resamples=num_resamples, seed=seed)
+  overall = uncertainty.seed_bootstrap({k: float(np.mean(v)) for k, v in corresponding.items()},
+                                       num_resamples=num_resamples, seed=seed)
+
+  def as_json(b, convert):
+    return {"estimate": convert(b.estimate), "stderr": convert(b.stderr), "low": convert(b.low),
+            "high": convert(b.high)}
+
+  return {"seeds": sorted({s for pair in corresponding for s in pair}), "num_pairs": len(corresponding),
+          "per_layer": as_json(per_layer, lambda a: np.asarray(a, np.float64).tolist()),
+          "mean_over_layers": as_json(overall, float)}

@@ -66,3 +66,13 @@ def test_ablation_pruning_and_cross_sections():
 def test_fmt_and_table():
   assert tables.fmt(None) == tables.fmt(np.nan) == "–" and tables.fmt(0.5, ".2f") == "0.50"
   assert tables.table(["a", "b"], [[1, "x"]], "rl") == ["| a | b |", "|---:|---|", "| 1 | x |"]
+
+
+def test_cross_seed_section_names_the_least_similar_layer():
+  row = {"label": "ResNet-56 ×1", "seeds": [0, 1, 2], "num_pairs": 3,
+         "per_layer": {"estimate": [0.9, 0.4, 0.8], "stderr": [0.01, 0.05, 0.02], "low": [0.88, 0.3, 0.75],
+                       "high": [0.92, 0.5, 0.84]},
+         "mean_over_layers": {"estimate": 0.7, "stderr": 0.03, "low": 0.65, "high": 0.75}}
+  text = "\n".join(line if isinstance(line, str) else "\n".join(line) for line in block_report.cross_seed_section([row]))
+  assert "| ResNet-56 ×1 | 3 | 3 |" in text and "layer 1: 0.4" in text
+  assert block_report.cross_seed_section([]) == []

@@ -169,3 +169,24 @@ def test_resnet56_on_digits_has_a_block_and_resnet20_has_none(tmp_path):
   assert deep["has_block"] and deep["trained"]["size"] >= 10
   assert deep["trained_pc1_fraction"] > 0.7 and deep["pc1_contrast"] > 0.3  # measured: 0.81 against 0.37
   assert not shallow["has_block"]
+
+
+def test_cross_seed_analysis_pairs_every_seed_and_bootstraps():
+  import dataclasses
+
+  from rsim_jax.studies.wide_deep import study
+
+  cfg = dataclasses.replace(_tiny_config(), population=((8, 1),), population_seeds=(0, 1, 2, 3), cross_seeds=3)
+  pairs = [(a.seed, b.seed) for a, b, kind in study._cross_pairs(cfg, cfg.models())
+           if kind == "seed" and a.architecture == (8, 1)]
+  assert pairs == [(0, 1), (0, 2), (1, 2)]  # every pair of the first `cross_seeds` seeds
+  profile = np.linspace(0.9, 0.5, 5)
+  done = [(wide_deep.ModelSpec(8, 1, 1.0, a), wide_deep.ModelSpec(8, 1, 1.0, b), "seed",
+           {"summary": {"corresponding_cka": (profile - 0.01 * (a + b)).tolist()}}) for a, b in pairs]
+  done.append((wide_deep.ModelSpec(8, 2, 1.0, 0), wide_deep.ModelSpec(8, 2, 1.0, 1), "seed",
+               {"summary": {"corresponding_cka": profile.tolist()}}))  # two seeds: no bootstrap row
+  (row,) = wide_deep.cross_seed_analysis(done)
+  assert row["label"] == "ResNet-8 ×1" and row["seeds"] == [0, 1, 2] and row["num_pairs"] == 3
+  np.testing.assert_allclose(row["per_layer"]["estimate"], profile - 0.02, atol=1e-12)
+  assert all(lo <= e <= hi for lo, e, hi in zip(row["per_layer"]["low"], row["per_layer"]["estimate"],
+                                                row["per_layer"]["high"]))

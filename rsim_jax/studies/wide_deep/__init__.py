@@ -9,9 +9,9 @@ the studies share.
 """
 
 from rsim_jax.studies.wide_deep.config import ModelSpec, WideDeepConfig, get_config, plan, train_config, variants
-from rsim_jax.studies.wide_deep.study import (ANALYSIS_VERSION, analyse_model, cross_analysis, detect_block,
-                                              population_analysis, pruning_analysis, run, write_report)
+from rsim_jax.studies.wide_deep.study import (ANALYSIS_VERSION, analyse_model, cross_analysis, cross_seed_analysis,
+                                              detect_block, population_analysis, pruning_analysis, run, write_report)
 
-__all__ = ["ANALYSIS_VERSION", "ModelSpec", "WideDeepConfig", "analyse_model", "cross_analysis", "detect_block",
-           "get_config", "plan", "population_analysis", "pruning_analysis", "run", "train_config", "variants",
-           "write_report"]
+__all__ = ["ANALYSIS_VERSION", "ModelSpec", "WideDeepConfig", "analyse_model", "cross_analysis", "cross_seed_analysis",
+           "detect_block", "get_config", "plan", "population_analysis", "pruning_analysis", "run", "train_config",
+           "variants", "write_report"]

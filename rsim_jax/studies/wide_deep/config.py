@@ -65,6 +65,8 @@ class WideDeepConfig:
       the baseline).
     population_seeds: seeds of the population models (≥ 4 for the seed-split baseline of the error test).
     cross_architectures: pairs of architectures compared layer by layer (seed 0, fraction 1).
+    cross_seeds: every pair among the first `cross_seeds` seeds of an architecture is compared layer by layer
+      (cross-seed CKA); with ≥ 3, the mean over pairs gets a bootstrap over seeds.
     ablations: recipe changes measured side by side with the study's recipe: name → overrides of `train`
       (`model_kwargs` merged), e.g. {"zeroinit": {"model_kwargs": {"zero_init_last_bn": True}}} (the last
       BatchNorm scale of every residual block starts at 0, Goyal et al. 2017) or {"warmup2": {"warmup_epochs":
@@ -110,6 +112,7 @@ class WideDeepConfig:
   population: tuple[Architecture, ...] = ()
   population_seeds: tuple[int, ...] = (0, 1, 2, 3)
   cross_architectures: tuple[tuple[Architecture, Architecture], ...] = ()
+  cross_seeds: int = 3
   ablations: Mapping[str, Mapping] = dataclasses.field(default_factory=dict)
   ablation_architectures: tuple[Architecture, ...] = ()
   ablation_seeds: tuple[int, ...] = (0,)

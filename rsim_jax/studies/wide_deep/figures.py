@@ -44,7 +44,8 @@ def _grid_specs(cfg: WideDeepConfig, specs: Sequence[ModelSpec], fraction: float
           if s.train_fraction == fraction and s.seed == seed and s.architecture in grid and not s.ablation]
 
 
-def figures(cfg: WideDeepConfig, specs, results, ablations, population, cross, workdir) -> list[pathlib.Path]:
+def figures(cfg: WideDeepConfig, specs, results, ablations, population, cross, cross_seed,
+            workdir) -> list[pathlib.Path]:
   """Every figure of the report from the cached results (each is redrawn on every run: they are cheap)."""
   figures = []
   for fraction in cfg.train_fractions:
@@ -112,6 +113,14 @@ def figures(cfg: WideDeepConfig, specs, results, ablations, population, cross, w
     figures.append(plotting.layer_profiles(
         profiles, workdir / "ablation_pc1.png", ylabel="variance fraction on PC1", ylim=(0, 1), styles=styles,
         title="the study's recipe (solid) vs each ablation"))
+  if cross_seed:
+    first = {r["label"]: ModelSpec(*r["architecture"], 1.0, r["seeds"][0]).name for r in cross_seed}
+    spans = {label: block_report.layer_range(results[name]["blocks"]["trained"]) for label, name in first.items()}
+    figures.append(plotting.layer_profiles(
+        {r["label"]: r["per_layer"]["estimate"] for r in cross_seed}, workdir / "cross_seed_cka.png",
+        ylabel="CKA of corresponding layers", ylim=(0, 1.02), spans={k: v for k, v in spans.items() if v},
+        bands={r["label"]: (r["per_layer"]["low"], r["per_layer"]["high"]) for r in cross_seed},
+        title="across seeds: mean over seed pairs, 95% seed-bootstrap band (shaded: first seed's block)"))
   if population:
     figures.append(plotting.output_differences(
         population["error_rate_a"], population["error_rate_b"], population["classes"]["accuracy_a"],

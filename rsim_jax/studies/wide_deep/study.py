@@ -21,6 +21,7 @@ work directory refuses a rerun whose config differs in a field outside `WideDeep
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import pathlib
 from collections.abc import Sequence
 
@@ -216,18 +217,36 @@ def _cross_cka(cfg: WideDeepConfig, a: ModelSpec, b: ModelSpec, workdir: pathlib
 
 
 def _cross_pairs(cfg: WideDeepConfig, specs: Sequence[ModelSpec]) -> list[tuple[ModelSpec, ModelSpec, str]]:
-  """Cross-seed pairs (first two seeds of every architecture that has two) and the configured cross-architecture
-  pairs, at training fraction 1."""
+  """Cross-seed pairs (every pair among the first `cross_seeds` seeds of each architecture trained with several)
+  and the configured cross-architecture pairs, at training fraction 1."""
   pairs = []
   full = [s for s in specs if s.train_fraction == 1.0 and not s.ablation]
   for arch in dict.fromkeys(s.architecture for s in full):
-    same = sorted((s for s in full if s.architecture == arch), key=lambda s: s.seed)
-    if len(same) >= 2:
-      pairs.append((same[0], same[1], "seed"))
+    same = sorted((s for s in full if s.architecture == arch), key=lambda s: s.seed)[:cfg.cross_seeds]
+    pairs += [(a, b, "seed") for a, b in itertools.combinations(same, 2)]
   seed = min(cfg.seeds)
   for arch_a, arch_b in cfg.cross_architectures:
     pairs.append((ModelSpec(*arch_a, 1.0, seed), ModelSpec(*arch_b, 1.0, seed), "architecture"))
   return pairs
+
+
+def cross_seed_analysis(pairs: Sequence[tuple[ModelSpec, ModelSpec, str, dict]]) -> list[dict]:
+  """Per architecture with ≥ 3 seeds compared pairwise: the cross-seed CKA of corresponding layers, mean over
+  the seed pairs with a bootstrap over seeds (`analysis.cross_model.cross_seed_profile`).
+
+  Args:
+    pairs: `(a, b, kind, cross_analysis output)`; only kind "seed" is used.
+  """
+  groups: dict[tuple[int, int], dict] = {}
+  for a, b, kind, out in pairs:
+    if kind == "seed":
+      groups.setdefault(a.architecture, {})[(a.seed, b.seed)] = np.array(out["summary"]["corresponding_cka"])
+  rows = []
+  for (depth, width), values in groups.items():
+    if len({s for pair in values for s in pair}) >= 3:
+      rows.append({"label": f"ResNet-{depth} ×{width}", "architecture": [depth, width],
+                   **cross_model.cross_seed_profile(values)})
+  return rows
 
 
 def population_analysis(cfg: WideDeepConfig, results: dict) -> dict | None:
@@ -267,10 +286,13 @@ def run(cfg: WideDeepConfig, workdir: io.PathLike):
   results = skeleton.train_all(
       [(spec.name, train_config(cfg, spec)) for spec in specs], workdir,
       then=lambda name, model_dir, _: analyse_model(cfg, by_name[name], model_dir, workdir / "analysis"))
-  cross = []
+  cross, done = [], []
   for a, b, kind in _cross_pairs(cfg, specs):
     print(f"cross-model CKA ({kind}): {a.name} vs {b.name}", flush=True)
-    cross.append({"kind": kind, **cross_analysis(cfg, a, b, workdir, results)})
+    out = cross_analysis(cfg, a, b, workdir, results)
+    cross.append({"kind": kind, **out})
+    done.append((a, b, kind, out))
+  cross_seed = cross_seed_analysis(done)
   population = population_analysis(cfg, results)
   ablations = _ablation_rows(cfg, results)
   skeleton.write_results(workdir, {
@@ -279,12 +301,13 @@ def run(cfg: WideDeepConfig, workdir: io.PathLike):
       "ablations": ablations,
       "cross": [{k: v for k, v in c.items() if k != "cross_cka"} for c in cross],
       "population": population,
+      "cross_seed": cross_seed,
   })
-  figures = wide_deep_figures.figures(cfg, specs, results, ablations, population, cross, workdir)
-  return write_report(cfg, specs, results, cross, population, ablations, figures, workdir)
+  figures = wide_deep_figures.figures(cfg, specs, results, ablations, population, cross, cross_seed, workdir)
+  return write_report(cfg, specs, results, cross, cross_seed, population, ablations, figures, workdir)
 
 
-def write_report(cfg, specs, results, cross, population, ablations, figures, workdir: pathlib.Path):
+def write_report(cfg, specs, results, cross, cross_seed, population, ablations, figures, workdir: pathlib.Path):
   models = [(spec.name, results[spec.name]) for spec in specs]
   method = [
       f"Block = at least {cfg.block_min_size} contiguous layers with all pairwise minibatch CKA ≥ "
@@ -302,4 +325,5 @@ def write_report(cfg, specs, results, cross, population, ablations, figures, wor
       "Without a block, the PC1 and CKA columns are read over the trained network's longest similar run.",
       *block_report.ablation_section(cfg.ablations, ablations), *block_report.confidence_section(models),
       *block_report.pruning_section(models),
-      *block_report.cross_section(cross), *block_report.population_section(population)], figures)
+      *block_report.cross_section(cross), *block_report.cross_seed_section(cross_seed),
+      *block_report.population_section(population)], figures)
