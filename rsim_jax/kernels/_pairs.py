@@ -77,6 +77,23 @@ def pad_rows(a: jax.Array, height: int) -> jax.Array:
   return jnp.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, extra), (0, 0)])
 
 
+def singular_values(c: jax.Array) -> jax.Array:
+  """Singular values of a `(p, q)` matrix, descending (`min(p, q)` of them), for contractions of two factors.
+
+  A clearly rectangular matrix is first reduced to the `(k, k)` triangle `R` of a Householder QR (of `c` or
+  `cᵀ`), `k = min(p, q)`: the singular values are unchanged, and the QR is mostly matrix–matrix work, while the
+  SVD's cost is LAPACK's bidiagonal reduction, matrix–vector work of `4·max·k² − 4k³/3` flops on the rectangle
+  (`gesdd` takes a QR itself only above an aspect ratio of 11/6) against `8k³/3` on the triangle. Both steps are
+  backward stable, so the values still agree with the exact ones to `~ε‖c‖`.
+  """
+  p, q = c.shape[-2:]
+  if 10 * p >= 11 * q:
+    c = jnp.linalg.qr(c, mode="r")
+  elif 10 * q >= 11 * p:
+    c = jnp.linalg.qr(jnp.swapaxes(c, -1, -2), mode="r")
+  return jnp.linalg.svd(c, compute_uv=False)
+
+
 def _shape_key(factor) -> tuple:
   return tuple((tuple(leaf.shape), str(leaf.dtype)) for leaf in jax.tree.leaves(factor))
 

@@ -246,7 +246,7 @@ def _neurons(a, x, *, width):
 
 def _correlations(bx: _Basis, by: _Basis):
   cross = jnp.matmul(bx.a.T, by.a, precision=DEFAULT_PRECISION)
-  rho = jnp.linalg.svd(cross, compute_uv=False)
+  rho = _pairs.singular_values(cross)
   count = jnp.minimum(jnp.sum(bx.w2 > 0), jnp.sum(by.w2 > 0))
   valid = jnp.arange(rho.shape[0]) < count
   return cross, jnp.where(valid, jnp.clip(rho, 0.0, 1.0), 0.0), count, valid

@@ -79,7 +79,7 @@ def _result(similarity: jax.Array) -> ProcrustesResult:
 
 def _pair(bx, by, *, both):
   cross = jnp.matmul(bx.T, by, precision=DEFAULT_PRECISION)
-  value = {"similarity": jnp.sum(jnp.linalg.svd(cross, compute_uv=False))}
+  value = {"similarity": jnp.sum(_pairs.singular_values(cross))}
   return value, (value if both else None)
 
 
@@ -118,7 +118,8 @@ def procrustes_all_pairs(layers_x, layers_y=None) -> ProcrustesResult:
 
   Each layer is factored once (`B` with `BBᵀ = X̂X̂ᵀ`, `(n, min(n, d))`, see `procrustes`), then every pair's
   nuclear norm `‖B_xᵀB_y‖_*` is taken in a jitted loop; layers of equal factor width are batched together.
-  With one model only the upper triangle is computed (the index is symmetric).
+  With one model only the upper triangle is computed (the index is symmetric). A rectangular `B_xᵀB_y` is
+  reduced to a triangle by QR before its singular values (`_pairs.singular_values`).
 
   Args:
     layers_x: the first model's layers: a list, an ordered dict (its values) or a stacked array of

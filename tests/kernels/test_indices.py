@@ -336,3 +336,80 @@ def test_errors():
     kernels.procrustes_all_pairs([x, bad])
   with pytest.raises(ValueError, match="same examples"):
     kernels.rsa_all_pairs([x], [y[:40]])
+
+
+# --- fast paths (issue 16): QR before the pair SVD, integer-key ranks, the folded upper triangle, threads ---
+
+
+@pytest.mark.parametrize("kind", INPUTS)
+@pytest.mark.parametrize("dims", [(20, 33), (33, 20), (40, 42)], ids=["wide_cross", "tall_cross", "near_square"])
+def test_rectangular_cross_products_match_reference(kind, dims):
+  # B_xᵀB_y of aspect ≥ 1.1 either way is reduced to a triangle by QR before its singular values; 40 × 42 is
+  # not (its SVD runs on the rectangle).
+  dx, dy = dims
+  x, y = INPUTS[kind](14, n=150, dx=dx, dy=dy)
+  np.testing.assert_allclose(kernels.procrustes(x, y).similarity, ref_procrustes(x, y), rtol=RTOL)
+  rho = ref_cca(x, y)[0]
+  got = kernels.cca(x, y)
+  np.testing.assert_allclose(got.correlations, rho, rtol=RTOL, atol=1e-6)
+  np.testing.assert_allclose(got.mean, rho.mean(), rtol=RTOL)
+  ridge_rho = ref_cca(x, y, ridge=0.1)[0]
+  np.testing.assert_allclose(kernels.cca(x, y, ridge=0.1).correlations, ridge_rho, rtol=RTOL, atol=1e-6)
+
+
+def _ref_spearman(a, b):
+  """Spearman's ρ from scipy's average ranks, written out: Pearson's r of the ranks."""
+  ra, rb = scipy.stats.rankdata(a), scipy.stats.rankdata(b)
+  ra, rb = ra - ra.mean(), rb - rb.mean()
+  return float(ra @ rb / np.sqrt((ra @ ra) * (rb @ rb)))
+
+
+def test_spearman_ranks_signed_values_zeros_and_infinities():
+  # The ranks sort float bit patterns as integers: negatives, −0.0 against +0.0 (a tie), ±inf and
+  # values near zero must order as the floats do.
+  rng = np.random.default_rng(15)
+  n = 31  # odd: the middle row of the folded upper triangle
+  special = np.array([0.0, -0.0, np.inf, -np.inf, 1e-30, -1e-30, 3.0, -3.0], np.float32)
+  upper = np.triu_indices(n, 1)
+  values_x = rng.choice(np.concatenate([special, rng.standard_normal(40).astype(np.float32)]), len(upper[0]))
+  values_y = values_x + rng.standard_normal(len(upper[0])).astype(np.float32)
+  values_y[np.isinf(values_x)] = values_x[np.isinf(values_x)]  # keep the infinities
+  rdm_x, rdm_y = np.zeros((n, n), np.float32), np.zeros((n, n), np.float32)
+  for rdm_, values in ((rdm_x, values_x), (rdm_y, values_y)):
+    rdm_[upper] = rdm_[upper[::-1]] = values  # set, not added: −0.0 + 0.0 would be +0.0
+  # rdm_similarity rejects non-finite RDMs; the ranks themselves are checked on the finite part below.
+  finite = np.isfinite(values_x) & np.isfinite(values_y)
+  got = kernels.rdm_similarity(np.where(np.isfinite(rdm_x), rdm_x, 0.0), np.where(np.isfinite(rdm_y), rdm_y, 0.0))
+  expected = _ref_spearman(np.where(finite, values_x, 0.0), np.where(np.isfinite(values_y), values_y, 0.0))
+  np.testing.assert_allclose(got, expected, rtol=RTOL)
+  # −0.0 and +0.0 both reach the kernel: the tie between them is exercised.
+  assert np.any((values_x == 0) & np.signbit(values_x)) and np.any((values_x == 0) & ~np.signbit(values_x))
+
+
+@pytest.mark.parametrize("n", [121, 2 * 61])
+@pytest.mark.parametrize("method", ["pearson", "spearman"])
+def test_rsa_odd_and_even_example_counts(n, method):
+  x, y = hard(16, n=n)
+  expected = ref_rsa(x, y, metric="correlation", method=method)
+  np.testing.assert_allclose(kernels.rsa(x, y, method=method), expected, rtol=RTOL)
+  pairs = kernels.rsa_all_pairs([x, y], method=method)
+  np.testing.assert_allclose(pairs[0, 1], expected, rtol=RTOL)
+
+
+def test_all_pairs_rectangular_groups_match_reference():
+  # Widths 12 … 150 pad to different ladder rungs, so every group pair's cross product is rectangular (QR first)
+  # or square; ridge CCA's mean needs the singular values, Spearman RSA the integer-key ranks.
+  rng = np.random.default_rng(17)
+  n = 90
+  base = rng.standard_normal((n, 6))
+  layers = [np.tanh(base @ rng.standard_normal((6, d)) + 0.3 * rng.standard_normal((n, d))).astype(np.float32)
+            for d in (12, 40, 70, 150)]
+  procrustes_pairs = kernels.procrustes_all_pairs(layers).similarity
+  cca_pairs = kernels.cca_all_pairs(layers, ridge=0.1).mean
+  rsa_pairs = kernels.rsa_all_pairs(layers, method="spearman")
+  for i, a in enumerate(layers):
+    for j, b in enumerate(layers):
+      np.testing.assert_allclose(procrustes_pairs[i, j], ref_procrustes(a, b), rtol=RTOL)
+      rho = ref_cca(a, b, ridge=0.1)[0][: min(a.shape[1], b.shape[1], n - 1)]
+      np.testing.assert_allclose(cca_pairs[i, j], rho.mean(), rtol=RTOL)
+      np.testing.assert_allclose(rsa_pairs[i, j], ref_rsa(a, b, metric="correlation", method="spearman"), rtol=RTOL)
