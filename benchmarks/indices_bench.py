@@ -11,6 +11,10 @@ difference between the two (L, L) matrices.
   python benchmarks/indices_bench.py                        # N=2000, L=20, widths 256..2048
   python benchmarks/indices_bench.py --indices rsa svcca    # a subset
   python benchmarks/indices_bench.py --quick                # a smoke run in seconds
+
+On a machine shared with other jobs, prefix `OPENBLAS_NUM_THREADS=1`: Procrustes and CCA are LAPACK-bound
+(SciPy's OpenBLAS, called by XLA:CPU and by the reference), and OpenBLAS's spinning threads then slow them
+several-fold (README, "Other similarity indices").
 """
 
 from __future__ import annotations
