@@ -167,7 +167,7 @@ def test_resnet56_on_digits_has_a_block_and_resnet20_has_none(tmp_path):
   summary = json.loads((tmp_path / "results.json").read_text())["models"]
   deep, shallow = summary["resnet56_x1_seed0"]["blocks"], summary["resnet20_x1_seed0"]["blocks"]
   assert deep["has_block"] and deep["trained"]["size"] >= 10
-  assert deep["trained_pc1_fraction"] > 0.7 and deep["pc1_contrast"] > 0.3  # measured: 0.81 against 0.37
+  assert deep["trained_pc1_fraction"] > 0.7 and deep["pc1_contrast"] > 0.3  # measured: 0.91 against 0.35
   assert not shallow["has_block"]
 
 
