@@ -10,8 +10,9 @@ Stages (each resumes; finished models and analyses are read back from the work d
   3. per model: block structure against the untrained baseline (`analysis.block_structure`), first principal
      component (`analysis.principal_components`: PC1 variance fraction, CKA with PC1, CKA with PC1 removed),
      linear probes per layer (`analysis.probes`, fitted on a training-split sample);
-  4. across models: cross-seed and cross-architecture CKA inside vs outside the block
-     (`analysis.cross_model`); output-level differences of seed populations (`analysis.output_errors`);
+  4. across models: cross-seed and cross-architecture CKA inside vs outside the block (`analysis.cross_model`;
+     every pair of an architecture's first `cross_seeds` seeds, averaged with a bootstrap over seeds);
+     output-level differences of seed populations (`analysis.output_errors`);
   5. figures and `report.md` with the numbers.
 
 Variants and overrides: `config` (`get_config`, `plan`, `--set train.num_epochs=40 --set widths=[1,2,4]`); a
@@ -54,8 +55,8 @@ def _batches(config, split: str, batch_size: int, max_examples: int | None, *, l
 def analyse_model(cfg: WideDeepConfig, spec: ModelSpec, model_dir: pathlib.Path, out_dir: pathlib.Path) -> dict:
   """Everything about one model: within-model CKA (trained and at initialisation), block vs baseline, PC1
   analysis, linear probes, test predictions, block pruning. Cached as `out_dir/<name>.json` (recomputed when
-  made by another `ANALYSIS_VERSION`; pruning added to a cache without it) with its heat map
-  `out_dir/<name>_cka.png` (redrawn when missing)."""
+  made by another `ANALYSIS_VERSION`; pruning added to a cache without it) with its heat map beside its
+  jackknife standard errors, `out_dir/<name>_cka.png` (redrawn when missing)."""
   from rsim_jax.train import load_model
 
   def compute():
