@@ -103,8 +103,9 @@ def cka_heatmap(
     stderr = np.asarray(stderr, np.float64)
     if stderr.shape != matrix.shape:
       raise ValueError(f"`stderr` must have the shape of `matrix` {matrix.shape}, got {stderr.shape}.")
-    top = np.nanmax(np.where(np.isfinite(stderr), stderr, np.nan)) if np.isfinite(stderr).any() else 1.0
-    panels.append((stderr, f"standard error of {label}", 0.0, float(top) or 1.0, "standard error"))
+    finite = stderr[np.isfinite(stderr)]
+    top = float(finite.max()) if finite.size else 0.0
+    panels.append((stderr, f"standard error of {label}", 0.0, top or 1.0, "standard error"))
   fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
   for k, (ax, (values, bar, low, high, panel_title)) in enumerate(zip(axes[0], panels)):
     # The error panel shares the rows: its y labels would run into the first panel's colour bar.

@@ -113,7 +113,8 @@ def pruning_section(models: Iterable[tuple[str, Mapping]]) -> Blocks:
 
 
 def confidence_section(models: Iterable[tuple[str, Mapping]]) -> Blocks:
-  """Error bars of every detected block (`block_structure.block_confidence`); nothing when no model has one."""
+  """Error bars of every detected block (`block_structure.block_confidence`, from the jackknife pass described
+  by `stderr_pass`); nothing when no model has one."""
   rows = []
   for name, r in models:
     c = r.get("block_confidence") or {}
@@ -124,7 +125,8 @@ def confidence_section(models: Iterable[tuple[str, Mapping]]) -> Blocks:
                  f"{pair[0]}–{pair[1]}: {fmt(c['weakest_pair_cka'])} ({fmt(c['weakest_pair_z'], '.1f')} SE)",
                  " / ".join(fmt(z, ".1f") for z in c["edge_z"]),
                  f"{fmt(c.get('pc1_contrast'), '.2f')} ± {fmt(c.get('pc1_contrast_stderr'), '.2f')}",
-                 f"{c['num_batches']} × {c['stderr_batch_size']}, {c['stderr_groups']} groups"])
+                 f"{r['stderr_pass']['num_batches']} × {r['stderr_pass']['batch_size']}, "
+                 f"{r['stderr_pass']['groups']} groups"])
   if not rows:
     return []
   return ["## How sure is each block? (jackknife over minibatches, bootstrap over examples)",
@@ -153,15 +155,16 @@ def cross_seed_section(rows: Sequence[Mapping]) -> Blocks:
   if not rows:
     return []
 
-  def cell(b, i=None):
-    pick = (lambda k: b[k]) if i is None else (lambda k: b[k][i])
-    return f"{fmt(pick('estimate'))} ± {fmt(pick('stderr'))} [{fmt(pick('low'))}, {fmt(pick('high'))}]"
+  def cell(estimate, stderr, low, high):
+    return f"{fmt(estimate)} ± {fmt(stderr)} [{fmt(low)}, {fmt(high)}]"
 
+  keys = ("estimate", "stderr", "low", "high")
   lines = []
   for r in rows:
     layer = int(np.nanargmin(r["per_layer"]["estimate"]))
-    lines.append([r["label"], str(len(r["seeds"])), str(r["num_pairs"]), cell(r["mean_over_layers"]),
-                  f"layer {layer}: {cell(r['per_layer'], layer)}"])
+    lines.append([r["label"], str(len(r["seeds"])), str(r["num_pairs"]),
+                  cell(*(r["mean_over_layers"][k] for k in keys)),
+                  f"layer {layer}: {cell(*(r['per_layer'][k][layer] for k in keys))}"])
   return ["## Cross-seed CKA with a bootstrap over seeds",
           "Mean over seed pairs of the CKA between corresponding layers; ± bootstrap SE over seeds [95% interval].",
           table(["architecture", "seeds", "pairs", "mean over layers", "least similar layer"], lines, "lrrll")]

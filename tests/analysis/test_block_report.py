@@ -76,3 +76,17 @@ def test_cross_seed_section_names_the_least_similar_layer():
   text = "\n".join(line if isinstance(line, str) else "\n".join(line) for line in block_report.cross_seed_section([row]))
   assert "| ResNet-56 ×1 | 3 | 3 |" in text and "layer 1: 0.4" in text
   assert block_report.cross_seed_section([]) == []
+
+
+def test_confidence_section_reads_the_error_pass():
+  blocks = {"trained": {"start": 2, "end": 5, "size": 4}}
+  confidence = {"mean_cka": 0.98, "mean_cka_stderr": 0.01, "weakest_pair": [2, 5], "weakest_pair_cka": 0.93,
+                "weakest_pair_z": 3.0, "edge_z": [-1.0, -2.5], "pc1_contrast": 0.5, "pc1_contrast_stderr": 0.02}
+  blocked = {"blocks": blocks, "block_confidence": confidence,
+             "stderr_pass": {"batch_size": 36, "groups": 10, "num_batches": 10}}
+  skipped = {"blocks": blocks, "block_confidence": {"skipped": "too few batches"}}
+  text = "\n".join(line if isinstance(line, str) else "\n".join(line)
+                   for line in block_report.confidence_section([("a", blocked), ("b", skipped)]))
+  assert "| a | 2–5 (4) | 0.980 ± 0.010 | 2–5: 0.930 (3.0 SE) | -1.0 / -2.5 | 0.50 ± 0.02 | 10 × 36, 10 groups |" in text
+  assert "| b |" not in text
+  assert block_report.confidence_section([("b", skipped)]) == []

@@ -181,11 +181,12 @@ def test_cross_seed_analysis_pairs_every_seed_and_bootstraps():
            if kind == "seed" and a.architecture == (8, 1)]
   assert pairs == [(0, 1), (0, 2), (1, 2)]  # every pair of the first `cross_seeds` seeds
   profile = np.linspace(0.9, 0.5, 5)
-  done = [(wide_deep.ModelSpec(8, 1, 1.0, a), wide_deep.ModelSpec(8, 1, 1.0, b), "seed",
-           {"summary": {"corresponding_cka": (profile - 0.01 * (a + b)).tolist()}}) for a, b in pairs]
-  done.append((wide_deep.ModelSpec(8, 2, 1.0, 0), wide_deep.ModelSpec(8, 2, 1.0, 1), "seed",
-               {"summary": {"corresponding_cka": profile.tolist()}}))  # two seeds: no bootstrap row
-  (row,) = wide_deep.cross_seed_analysis(done)
+  specs = {s.name: s for s in [wide_deep.ModelSpec(8, w, 1.0, seed) for w in (1, 2) for seed in range(4)]}
+  cross = [{"kind": "seed", "a": f"resnet8_x1_seed{a}", "b": f"resnet8_x1_seed{b}",
+            "summary": {"corresponding_cka": (profile - 0.01 * (a + b)).tolist()}} for a, b in pairs]
+  cross.append({"kind": "seed", "a": "resnet8_x2_seed0", "b": "resnet8_x2_seed1",
+                "summary": {"corresponding_cka": profile.tolist()}})  # two seeds: no bootstrap row
+  (row,) = wide_deep.cross_seed_analysis(cross, specs)
   assert row["label"] == "ResNet-8 ×1" and row["seeds"] == [0, 1, 2] and row["num_pairs"] == 3
   np.testing.assert_allclose(row["per_layer"]["estimate"], profile - 0.02, atol=1e-12)
   assert all(lo <= e <= hi for lo, e, hi in zip(row["per_layer"]["low"], row["per_layer"]["estimate"],

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -146,8 +146,8 @@ def _cka_errors(cfg: WideDeepConfig, trained, config):
 
 
 def _block_confidence(cfg: WideDeepConfig, result: dict, errors, comparison, pc1, init_pc1) -> dict:
-  """Error bars of the detected block: CKA SEs from the jackknife pass `errors`, PC1 SEs from a bootstrap of
-  the sample (block layers only)."""
+  """Error bars of the detected block: CKA SEs from the jackknife pass `errors` (described by
+  `result["stderr_pass"]`), PC1 SEs from a bootstrap of the sample (block layers only)."""
   block = result["blocks"]["trained"]
   if not block["size"]:
     return {}
@@ -158,12 +158,9 @@ def _block_confidence(cfg: WideDeepConfig, result: dict, errors, comparison, pc1
     for i in range(block["start"], block["end"] + 1):
       for samples, out in ((comparison.samples[0], pc1_se), (comparison.samples[1], init_se)):
         out[i] = float(uncertainty.pc1_fraction_bootstrap(samples[names[i]], num_resamples=cfg.pc1_bootstrap).stderr)
-  confidence = block_structure.block_confidence(
+  return block_structure.block_confidence(
       block, errors.matrix, errors.stderr, threshold=cfg.block_threshold, trained_pc1=pc1,
       trained_pc1_stderr=pc1_se, baseline_pc1=init_pc1, baseline_pc1_stderr=init_se)
-  stream = result["stderr_pass"]
-  return {**confidence, "stderr_batch_size": stream["batch_size"], "stderr_groups": stream["groups"],
-          "num_batches": stream["num_batches"]}
 
 
 def _model_heatmap(spec: ModelSpec, result: dict, out_dir: pathlib.Path, *, redraw: bool = False) -> None:
@@ -231,17 +228,19 @@ def _cross_pairs(cfg: WideDeepConfig, specs: Sequence[ModelSpec]) -> list[tuple[
   return pairs
 
 
-def cross_seed_analysis(pairs: Sequence[tuple[ModelSpec, ModelSpec, str, dict]]) -> list[dict]:
+def cross_seed_analysis(cross: Sequence[dict], specs: Mapping[str, ModelSpec]) -> list[dict]:
   """Per architecture with ≥ 3 seeds compared pairwise: the cross-seed CKA of corresponding layers, mean over
   the seed pairs with a bootstrap over seeds (`analysis.cross_model.cross_seed_profile`).
 
   Args:
-    pairs: `(a, b, kind, cross_analysis output)`; only kind "seed" is used.
+    cross: `{"kind", "a", "b", "summary"}` per compared pair (`cross_analysis` + kind); only kind "seed" is used.
+    specs: model name → its `ModelSpec`.
   """
   groups: dict[tuple[int, int], dict] = {}
-  for a, b, kind, out in pairs:
-    if kind == "seed":
-      groups.setdefault(a.architecture, {})[(a.seed, b.seed)] = np.array(out["summary"]["corresponding_cka"])
+  for c in cross:
+    if c["kind"] == "seed":
+      a, b = specs[c["a"]], specs[c["b"]]
+      groups.setdefault(a.architecture, {})[(a.seed, b.seed)] = np.array(c["summary"]["corresponding_cka"])
   rows = []
   for (depth, width), values in groups.items():
     if len({s for pair in values for s in pair}) >= 3:
@@ -287,13 +286,11 @@ def run(cfg: WideDeepConfig, workdir: io.PathLike):
   results = skeleton.train_all(
       [(spec.name, train_config(cfg, spec)) for spec in specs], workdir,
       then=lambda name, model_dir, _: analyse_model(cfg, by_name[name], model_dir, workdir / "analysis"))
-  cross, done = [], []
+  cross = []
   for a, b, kind in _cross_pairs(cfg, specs):
     print(f"cross-model CKA ({kind}): {a.name} vs {b.name}", flush=True)
-    out = cross_analysis(cfg, a, b, workdir, results)
-    cross.append({"kind": kind, **out})
-    done.append((a, b, kind, out))
-  cross_seed = cross_seed_analysis(done)
+    cross.append({"kind": kind, **cross_analysis(cfg, a, b, workdir, results)})
+  cross_seed = cross_seed_analysis(cross, by_name)
   population = population_analysis(cfg, results)
   ablations = _ablation_rows(cfg, results)
   skeleton.write_results(workdir, {
