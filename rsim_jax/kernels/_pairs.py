@@ -1,22 +1,38 @@
-"""All-pairs machinery shared by the Procrustes, CCA and RSA kernels.
+"""All-pairs machinery shared by the Procrustes and CCA kernels (`as_layers` by RSA too).
 
-Each index factors every layer once (an orthonormal or weighted basis, a normalised RDM, ...), then contracts
-every layer pair. Layers whose factors have the same shapes are stacked into one group; each pair of groups is
-one jitted `lax.map` over its layer pairs, so the Python loop runs over groups (a handful of distinct widths),
-never over examples or layer pairs. Factor widths are rounded up to a short ladder (`bucket_width`) and padded
-with zero columns, which leaves every index unchanged and keeps the number of compilations small.
+Each index factors every layer once (an orthonormal or weighted basis), then contracts every layer pair.
+Layers whose factors have the same shapes are stacked into one group; each pair of groups is one task, one
+jitted loop over its layer pairs, so the Python loop runs over groups (a handful of distinct widths), never
+over examples or layer pairs. Factor widths are rounded up to a short ladder (`bucket_width`) and padded with
+zero columns, which leaves every index unchanged and keeps the number of compilations small.
+
+The pairs are independent, and each costs a decomposition (LAPACK on CPU), so they are spread out:
+  - factors on one CPU device: one thread per core, each running its share of the pairs (balanced by cost)
+    through the tasks' compiled programs, with SciPy's OpenBLAS held to one thread meanwhile. XLA:CPU runs a
+    program's LAPACK calls one after another, and a values-only SVD is mostly matrix–vector work that a
+    second BLAS thread speeds up by only ~1.5×, so two whole pairs at once beat one pair on two threads;
+  - factors on a mesh of several devices (layers passed split or replicated over it): each task's pair list is
+    split over the devices with `shard_map` and the results gathered back, instead of every device
+    repeating every pair;
+  - one accelerator: the tasks one after another (dispatch is asynchronous).
+A pair of a layer with itself can be given in closed form (`self_pair`), skipping its decomposition.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import functools
 import math
+import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from rsim_jax.kernels import _checks, _sharding
 from rsim_jax.kernels.features import as_features
@@ -106,48 +122,245 @@ def _groups(factors: list) -> list[tuple[list[int], Any]]:
   return [(idx, jax.tree.map(lambda *leaves: jnp.stack(leaves), *[factors[i] for i in idx])) for idx in by_key.values()]
 
 
-@functools.partial(jax.jit, static_argnames=("pair_fn", "both"))
-def _map_pairs(pair_fn, both, stack_x, stack_y, index_x, index_y):
-  def one(ij):
-    fx = jax.tree.map(lambda leaf: leaf[ij[0]], stack_x)
-    fy = jax.tree.map(lambda leaf: leaf[ij[1]], stack_y)
+class _Task(NamedTuple):
+  """One pair of layer groups: their stacked factors and the pairs `(index_x[k], index_y[k])` within them."""
+
+  stack_x: Any
+  stack_y: Any
+  index_x: np.ndarray
+  index_y: np.ndarray
+
+
+def _pair_loop(pair_fn, both, stack_x, stack_y, index_x, index_y, count):
+  """`pair_fn` on the pairs `(index_x[k], index_y[k])` for `k < count` (a dynamic bound); `(len(index_x),)`
+  outputs whose entries from `count` on are left zero."""
+
+  def one(k):
+    fx = jax.tree.map(lambda leaf: leaf[index_x[k]], stack_x)
+    fy = jax.tree.map(lambda leaf: leaf[index_y[k]], stack_y)
     return pair_fn(fx, fy, both=both)
 
-  return jax.lax.map(one, (index_x, index_y))
+  buffers = jax.tree.map(lambda s: jnp.zeros(index_x.shape + s.shape, s.dtype), jax.eval_shape(one, 0))
+
+  def body(k, out):
+    return jax.tree.map(lambda buffer, value: buffer.at[k].set(value), out, one(k))
+
+  return jax.lax.fori_loop(0, count, body, buffers)
+
+
+_task_program = jax.jit(_pair_loop, static_argnames=("pair_fn", "both"))
+
+
+@functools.partial(jax.jit, static_argnames=("pair_fn", "both", "mesh"))
+def _tasks_program_over_devices(pair_fn, both, mesh, stacks_x, stacks_y, indices_x, indices_y):
+  """`_tasks_program` with each task's pair list split evenly over every device of `mesh` (the factors are
+  whole on every device); the results are gathered back onto every device."""
+  axes = tuple(mesh.axis_names)
+
+  def local(sx, sy, ix, iy):
+    out = [_pair_loop(pair_fn, both, *args, args[2].shape[0]) for args in zip(sx, sy, ix, iy)]
+    return jax.tree.map(lambda v: jax.lax.all_gather(v, axes, tiled=True), out)
+
+  split = [P(axes)] * len(indices_x)
+  return jax.shard_map(
+      local, mesh=mesh, in_specs=(P(), P(), split, split), out_specs=P(), check_vma=False
+  )(stacks_x, stacks_y, indices_x, indices_y)
+
+
+def _mesh_of(stack) -> Mesh | None:
+  """The mesh a stacked factor lives on when it spans several devices (layers passed split or replicated over
+  a mesh), else None."""
+  sharding = getattr(jax.tree.leaves(stack)[0], "sharding", None)
+  if isinstance(sharding, NamedSharding) and sharding.mesh.size > 1:
+    return sharding.mesh
+  return None
+
+
+MAX_CPU_WORKERS = 8
+
+
+def cpu_workers(stack) -> int:
+  """Threads that run pair loops side by side: the cores this process may use when the factors sit on one CPU
+  device (XLA:CPU runs a program's LAPACK calls one after another on one thread, and a values-only SVD is
+  mostly matrix–vector work that more BLAS threads barely speed up), else 1 (an accelerator runs one program
+  at a time, and dispatch is asynchronous anyway)."""
+  devices = jax.tree.leaves(stack)[0].devices()
+  if len(devices) != 1 or next(iter(devices)).platform != "cpu":
+    return 1
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    cores = os.cpu_count() or 1
+  return max(1, min(cores, MAX_CPU_WORKERS))
+
+
+def _pair_cost(task: _Task) -> float:
+  """A pair's relative cost, for balancing the workers: `s_x·s_y·min(r_x, r_y)` with `s` a factor's size per
+  layer and `r` its width (the contraction times the decomposition's smaller side)."""
+  leaf_x, leaf_y = jax.tree.leaves(task.stack_x)[0], jax.tree.leaves(task.stack_y)[0]
+  size = lambda leaf: float(np.prod(leaf.shape[1:]))
+  return size(leaf_x) * size(leaf_y) * min(leaf_x.shape[-1], leaf_y.shape[-1])
+
+
+def _assign(tasks: list[_Task], workers: int) -> list[list[np.ndarray]]:
+  """`[worker][task]` → the positions of that task's pairs the worker computes: the most expensive pairs
+  first, each to the worker with the least work so far (greedy longest-processing-time scheduling)."""
+  order = sorted(
+      ((-_pair_cost(task), t, k) for t, task in enumerate(tasks) for k in range(len(task.index_x))),
+  )
+  load = np.zeros(workers)
+  chosen: list[list[list[int]]] = [[[] for _ in tasks] for _ in range(workers)]
+  for negative_cost, t, k in order:
+    w = int(np.argmin(load))
+    chosen[w][t].append(k)
+    load[w] -= negative_cost
+  return [[np.asarray(positions, dtype=np.int64) for positions in per_task] for per_task in chosen]
+
+
+def _run_local(tasks: list[_Task], pair_fn, both: bool, workers: int) -> list:
+  """All tasks on one device by `workers` threads. Each task is one compiled program (a pair loop with a dynamic
+  count over padded index arrays, so every worker's share of it runs the same program; one program per task,
+  not per model, keeps each program's temporary memory to one pair's), cached across calls like any `jit`.
+
+  The programs are compiled here, in the calling thread: tracing reads thread-local settings
+  (`jax.enable_x64`, `jax.default_matmul_precision`) that worker threads would not see; the threads only
+  execute. SciPy's OpenBLAS, which XLA:CPU calls for QR, SVD and eigh, is held to one thread meanwhile, so
+  that the workers do not oversubscribe the cores.
+  """
+  shares = _assign(tasks, workers)
+  programs = []
+  for task in tasks:
+    index = jnp.zeros(len(task.index_x), jnp.int32)
+    lowered = _task_program.lower(pair_fn, both, task.stack_x, task.stack_y, index, index, jnp.int32(0))
+    programs.append(lowered.compile())
+
+  def execute(share):
+    results = {}
+    for t, positions in enumerate(share):
+      if len(positions):
+        task = tasks[t]
+        padded = lambda index: jnp.asarray(np.resize(index[positions], len(index)), jnp.int32)
+        count = jnp.int32(len(positions))
+        results[t] = programs[t](task.stack_x, task.stack_y, padded(task.index_x), padded(task.index_y), count)
+    return jax.device_get(results)
+
+  if workers == 1:
+    per_worker = [execute(shares[0])]
+  else:
+    with _blas_threads(1), concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      per_worker = list(pool.map(execute, shares))
+  out = []
+  for t, task in enumerate(tasks):
+    merged = None
+    for share, results in zip(shares, per_worker):
+      if t not in results:
+        continue
+      positions = share[t]
+      part = jax.tree.map(lambda v, n=len(positions): np.asarray(v)[:n], results[t])
+      if merged is None:
+        merged = jax.tree.map(lambda v: np.zeros((len(task.index_x),) + v.shape[1:], v.dtype), part)
+      jax.tree.map(lambda whole, values, p=positions: whole.__setitem__(p, values), merged, part)
+    out.append(merged)
+  return out
+
+
+def _run_on_mesh(tasks: list[_Task], pair_fn, both: bool, mesh: Mesh) -> list:
+  """Each task's pairs split evenly over the mesh's devices (the list padded with repeats of its first pairs,
+  whose results are dropped)."""
+  axes = tuple(mesh.axis_names)
+  split = NamedSharding(mesh, P(axes))
+
+  def place(index):
+    padded = np.resize(index.astype(np.int32), -(-len(index) // mesh.size) * mesh.size)
+    return jax.make_array_from_callback(padded.shape, split, lambda i: padded[i])  # every process: its devices
+
+  out = _tasks_program_over_devices(
+      pair_fn,
+      both,
+      mesh,
+      [task.stack_x for task in tasks],
+      [task.stack_y for task in tasks],
+      [place(task.index_x) for task in tasks],
+      [place(task.index_y) for task in tasks],
+  )
+  return [jax.tree.map(lambda v, n=len(task.index_x): np.asarray(v)[:n], result) for task, result in zip(tasks, out)]
+
+
+@contextlib.contextmanager
+def _blas_threads(limit: int):
+  try:
+    import threadpoolctl  # noqa: PLC0415  (declared; also a scikit-learn dependency)
+  except ImportError:
+    yield
+    return
+  with threadpoolctl.threadpool_limits(limits=limit, user_api="blas"):
+    yield
+
+
+def _run(tasks: list[_Task], pair_fn, both: bool) -> list:
+  """Every task's `(forward, backward)` as NumPy pytrees of `(len(task.index_x),)` arrays: spread over the
+  devices of the mesh the factors span, or over the cores of the one CPU device they sit on, or run in one
+  program on a single accelerator."""
+  mesh = _mesh_of(tasks[0].stack_x)
+  if mesh is not None:
+    return _run_on_mesh(tasks, pair_fn, both, mesh)
+  workers = min(cpu_workers(tasks[0].stack_x), sum(len(task.index_x) for task in tasks))
+  return _run_local(tasks, pair_fn, both, workers)
 
 
 def all_pairs(
-    factors_x: list, factors_y: list | None, pair_fn: Callable, *, fill: float = np.nan
+    factors_x: list,
+    factors_y: list | None,
+    pair_fn: Callable,
+    *,
+    fill: float = np.nan,
+    self_pair: Callable[[Any], dict[str, float]] | None = None,
 ) -> dict[str, np.ndarray]:
   """Applies `pair_fn` to every (x layer, y layer) pair and returns `{name: (L_x, L_y) array}`.
 
   `pair_fn(fx, fy, *, both)` (a module-level function, so the jit cache is reused across calls) returns
   `(forward, backward)`: dicts of scalars for the pair (x_i, y_j) and, when `both` is True, for (y_j, x_i)
   (else `backward` may be None). With `factors_y=None` the layers are compared with themselves: each
-  unordered pair is computed once and `backward` fills the transposed entry.
+  unordered pair is computed once and `backward` fills the transposed entry; `self_pair(factor)`, when
+  given, returns a layer's values with itself in closed form (NumPy, on the host) instead of a decomposition
+  (e.g. Procrustes similarity 1: `‖X̂ᵀX̂‖_* = ‖X̂‖²_F`).
+
+  The pairs are independent, so they are spread out (`_run`): over the devices of the mesh the factors live
+  on (a `shard_map` over each group's pair list), or over the CPU's cores (threads, each running its share of
+  the pairs, balanced by cost). The results do not depend on how they were spread.
   """
   symmetric = factors_y is None
   groups_x = _groups(factors_x)
   groups_y = groups_x if symmetric else _groups(factors_y)
   num_x = len(factors_x)
   num_y = num_x if symmetric else len(factors_y)
-  out: dict[str, np.ndarray] = {}
+  tasks, places = [], []
   for a, (idx_x, stack_x) in enumerate(groups_x):
     for b, (idx_y, stack_y) in enumerate(groups_y):
       if symmetric and b < a:
         continue
       if symmetric and a == b:
-        pi, pj = np.triu_indices(len(idx_x))
+        pi, pj = np.triu_indices(len(idx_x), k=0 if self_pair is None else 1)
       else:
         pi, pj = (g.ravel() for g in np.meshgrid(np.arange(len(idx_x)), np.arange(len(idx_y)), indexing="ij"))
-      forward, backward = _map_pairs(
-          pair_fn, symmetric, stack_x, stack_y, jnp.asarray(pi, jnp.int32), jnp.asarray(pj, jnp.int32)
-      )
-      rows, cols = np.asarray(idx_x)[pi], np.asarray(idx_y)[pj]
-      for name, values in forward.items():
-        if name not in out:
-          out[name] = np.full((num_x, num_y), fill, dtype=np.asarray(values).dtype)
-        out[name][rows, cols] = np.asarray(values)
-        if symmetric:
-          out[name][cols, rows] = np.asarray(backward[name])
+      if len(pi):
+        tasks.append(_Task(stack_x, stack_y, pi, pj))
+        places.append((np.asarray(idx_x)[pi], np.asarray(idx_y)[pj]))
+  out: dict[str, np.ndarray] = {}
+  dtype = np.dtype(jax.tree.leaves(factors_x[0])[0].dtype)
+
+  def entry(name):
+    if name not in out:
+      out[name] = np.full((num_x, num_y), fill, dtype=dtype)
+    return out[name]
+
+  for (rows, cols), (forward, backward) in zip(places, _run(tasks, pair_fn, symmetric) if tasks else []):
+    for name, values in forward.items():
+      entry(name)[rows, cols] = values
+      if symmetric:
+        entry(name)[cols, rows] = backward[name]
+  if symmetric and self_pair is not None:
+    for i, factor in enumerate(factors_x):
+      for name, value in self_pair(factor).items():
+        entry(name)[i, i] = value
   return out

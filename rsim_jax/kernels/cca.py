@@ -226,11 +226,16 @@ def _compact(basis: _Basis, cap: int) -> _Basis:
   """Trims the trailing columns no direction uses (concrete bases only) and pads with unused zero columns to a
   ladder width, so that layers of similar width share one compiled pair loop."""
   kept = int(np.max(np.nonzero(np.asarray(basis.w2) > 0)[0], initial=0)) + 1
-  width = _pairs.bucket_width(kept, cap)
-  r = basis.w2.shape[0]
+  return _Basis(*_resized(basis.a, basis.w2, width=_pairs.bucket_width(kept, cap)), None)
+
+
+@functools.partial(jax.jit, static_argnames="width")
+def _resized(a, w2, *, width):
+  """The first `width` columns of a basis and their weights, zero-padded when it has fewer (one program)."""
+  r = w2.shape[0]
   if width <= r:
-    return _Basis(basis.a[:, :width], basis.w2[:width], None)
-  return _Basis(_pairs.pad_columns(basis.a, width), jnp.pad(basis.w2, (0, width - r)), None)
+    return a[:, :width], w2[:width]
+  return _pairs.pad_columns(a, width), jnp.pad(w2, (0, width - r))
 
 
 @functools.partial(jax.jit, static_argnames="width")
@@ -275,6 +280,13 @@ def _cca_pair(bx, by, *, both):
   mean, mean_squared = _summaries(rho, count)
   value = {"mean": mean, "mean_squared": mean_squared}
   return value, (value if both else None)
+
+
+def _cca_self_pair(basis: _Basis) -> dict[str, float]:
+  """A layer against itself: `A_xᵀA_x = diag(w²)`, so the correlations are the weights `w²` themselves."""
+  w2 = np.clip(np.asarray(basis.w2, np.float64), 0.0, 1.0)
+  count = max(int(np.sum(w2 > 0)), 1)
+  return {"mean": float(np.sum(w2) / count), "mean_squared": float(np.sum(w2 * w2) / count)}
 
 
 def _pwcca_pair(bx, by, *, both):
@@ -412,7 +424,7 @@ def pwcca(
 _basis_jit = jax.jit(_basis, static_argnames=("ridge", "truncation", "with_neurons"))
 
 
-def _all_pairs(layers_x, layers_y, *, ridge, truncation, with_neurons, pair_fn):
+def _all_pairs(layers_x, layers_y, *, ridge, truncation, with_neurons, pair_fn, self_pair=None):
   xs = _pairs.as_layers(layers_x, "layers_x")
   ys = None if layers_y is None else _pairs.as_layers(layers_y, "layers_y")
   if ys is not None:
@@ -434,7 +446,7 @@ def _all_pairs(layers_x, layers_y, *, ridge, truncation, with_neurons, pair_fn):
 
   fx = bases(xs, "layers_x")
   fy = None if ys is None else bases(ys, "layers_y")
-  return _pairs.all_pairs(fx, fy, pair_fn)
+  return _pairs.all_pairs(fx, fy, pair_fn, self_pair=self_pair)
 
 
 class CCAPairs(NamedTuple):
@@ -448,7 +460,9 @@ def cca_all_pairs(layers_x, layers_y=None, *, ridge: float = 0.0) -> CCAPairs:
   """`cca` between all layer pairs of one model (`layers_y=None`) or of two models.
 
   Each layer's basis is computed once; each pair costs one `(r_x, r_y)` product and its singular values,
-  in a jitted loop over the pairs of equally wide layers (one model: upper triangle only).
+  in jitted loops over the pairs of equally wide layers (one model: upper triangle only, and each layer with
+  itself in closed form: `A_xᵀA_x = diag(w²)`). The pairs are spread over a CPU's cores or a mesh's devices
+  as in `procrustes_all_pairs`.
 
   Args:
     layers_x: list / ordered dict / stacked array of `(n, ...)` activations.
@@ -459,7 +473,10 @@ def cca_all_pairs(layers_x, layers_y=None, *, ridge: float = 0.0) -> CCAPairs:
     `CCAPairs` of `(L_x, L_y)` arrays.
   """
   ridge = _check_ridge(ridge)
-  out = _all_pairs(layers_x, layers_y, ridge=ridge, truncation=None, with_neurons=False, pair_fn=_cca_pair)
+  out = _all_pairs(
+      layers_x, layers_y, ridge=ridge, truncation=None, with_neurons=False, pair_fn=_cca_pair,
+      self_pair=_cca_self_pair,
+  )
   return CCAPairs(out["mean"], out["mean_squared"])
 
 
@@ -475,7 +492,10 @@ def svcca_all_pairs(
   truncation = _truncation(None if num_components is not None else variance_kept, num_components)
   if truncation is None:
     raise ValueError("`svcca_all_pairs` needs `variance_kept` or `num_components`.")
-  out = _all_pairs(layers_x, layers_y, ridge=0.0, truncation=truncation, with_neurons=False, pair_fn=_cca_pair)
+  out = _all_pairs(
+      layers_x, layers_y, ridge=0.0, truncation=truncation, with_neurons=False, pair_fn=_cca_pair,
+      self_pair=_cca_self_pair,
+  )
   return CCAPairs(out["mean"], out["mean_squared"])
 
 

@@ -25,6 +25,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -64,12 +65,16 @@ def _factor(x: jax.Array) -> jax.Array:
   return xc
 
 
+def _constant_layer_error(name: str) -> ValueError:
+  return ValueError(
+      f"The Procrustes distance is undefined: `{name}` has zero variance across examples (constant layer). "
+      "Drop constant layers before comparing shapes."
+  )
+
+
 def _raise_if_constant(factor: jax.Array, name: str) -> None:
   if _checks.is_concrete(factor) and bool(jnp.any(jnp.isnan(factor))):
-    raise ValueError(
-        f"The Procrustes distance is undefined: `{name}` has zero variance across examples (constant layer). "
-        "Drop constant layers before comparing shapes."
-    )
+    raise _constant_layer_error(name)
 
 
 def _result(similarity: jax.Array) -> ProcrustesResult:
@@ -81,6 +86,11 @@ def _pair(bx, by, *, both):
   cross = jnp.matmul(bx.T, by, precision=DEFAULT_PRECISION)
   value = {"similarity": jnp.sum(_pairs.singular_values(cross))}
   return value, (value if both else None)
+
+
+def _self_pair(factor) -> dict[str, float]:
+  """A layer against itself: `‖X̂ᵀX̂‖_* = tr(X̂ᵀX̂) = ‖X̂‖²_F = 1` (no decomposition needed)."""
+  return {"similarity": 1.0}
 
 
 def procrustes(x: jax.Array, y: jax.Array) -> ProcrustesResult:
@@ -117,9 +127,11 @@ def procrustes_all_pairs(layers_x, layers_y=None) -> ProcrustesResult:
   """Procrustes similarity, distance and angle between all layer pairs of one model or of two models.
 
   Each layer is factored once (`B` with `BBᵀ = X̂X̂ᵀ`, `(n, min(n, d))`, see `procrustes`), then every pair's
-  nuclear norm `‖B_xᵀB_y‖_*` is taken in a jitted loop; layers of equal factor width are batched together.
-  With one model only the upper triangle is computed (the index is symmetric). A rectangular `B_xᵀB_y` is
-  reduced to a triangle by QR before its singular values (`_pairs.singular_values`).
+  nuclear norm `‖B_xᵀB_y‖_*` is taken in jitted loops, one per pair of equally wide layer groups. With one
+  model only the upper triangle is computed (the index is symmetric) and the diagonal is 1 without a
+  decomposition (`‖X̂ᵀX̂‖_* = ‖X̂‖²_F`). A rectangular `B_xᵀB_y` is reduced to a triangle by QR before its
+  singular values (`_pairs.singular_values`). On a CPU the pairs run on one thread per core; on a mesh (layers
+  split or replicated over its devices) they are split over the devices (see `rsim_jax.kernels._pairs`).
 
   Args:
     layers_x: the first model's layers: a list, an ordered dict (its values) or a stacked array of
@@ -142,15 +154,20 @@ def procrustes_all_pairs(layers_x, layers_y=None) -> ProcrustesResult:
   def factors(layers, name):
     out = []
     for i, layer in enumerate(layers):
-      b = _factor_jit(layer)
-      _raise_if_constant(b, f"{name}[{i}]")
-      out.append(_pairs.pad_columns(b, _pairs.bucket_width(b.shape[1], n)))
+      b, constant = _padded_factor(layer, width=_pairs.bucket_width(min(layer.shape), n))
+      if bool(constant):
+        raise _constant_layer_error(f"{name}[{i}]")
+      out.append(b)
     return out
 
   fx = factors(xs, "layers_x")
   fy = None if ys is None else factors(ys, "layers_y")
-  similarity = _pairs.all_pairs(fx, fy, _pair)["similarity"]
+  similarity = _pairs.all_pairs(fx, fy, _pair, self_pair=_self_pair)["similarity"]
   return ProcrustesResult(*(np.asarray(v) for v in _result(jnp.asarray(similarity))))
 
 
-_factor_jit = jax.jit(_factor)
+@functools.partial(jax.jit, static_argnames="width")
+def _padded_factor(x, *, width):
+  """`_factor(x)` with zero columns up to `width`, and whether x is constant: one program per layer shape."""
+  b = _factor(x)
+  return _pairs.pad_columns(b, width), jnp.any(jnp.isnan(b))
