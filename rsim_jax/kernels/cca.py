@@ -222,11 +222,9 @@ def _raise_if_degenerate(basis: _Basis, name: str, *, ridge: float, truncation) 
     )
 
 
-def _compact(basis: _Basis, cap: int) -> _Basis:
-  """Trims the trailing columns no direction uses (concrete bases only) and pads with unused zero columns to a
-  ladder width, so that layers of similar width share one compiled pair loop."""
-  kept = int(np.max(np.nonzero(np.asarray(basis.w2) > 0)[0], initial=0)) + 1
-  return _Basis(*_resized(basis.a, basis.w2, width=_pairs.bucket_width(kept, cap)), None)
+def _used_columns(basis: _Basis) -> int:
+  """The leading columns some kept direction uses (concrete bases only); the trailing ones can be trimmed."""
+  return int(np.max(np.nonzero(np.asarray(basis.w2) > 0)[0], initial=0)) + 1
 
 
 @functools.partial(jax.jit, static_argnames="width")
@@ -433,12 +431,20 @@ def _all_pairs(layers_x, layers_y, *, ridge, truncation, with_neurons, pair_fn, 
 
   def bases(layers, name):
     widest = max(layer.shape[1] for layer in layers)
-    out = []
+    full = []
     for i, layer in enumerate(layers):
       _check_shape_rules(layer.shape, f"{name}[{i}]", ridge=ridge, truncation=truncation)
       basis = _basis_jit(layer, ridge=ridge, truncation=truncation, with_neurons=False)
       _raise_if_degenerate(basis, f"{name}[{i}]", ridge=ridge, truncation=truncation)
-      basis = _compact(basis, cap=n)
+      used = _used_columns(basis)
+      # Trimmed now to a ladder rung over the columns in use (a truncated basis keeps few of its min(n, d)).
+      full.append((_Basis(*_resized(basis.a, basis.w2, width=_pairs.bucket_width(used, n)), None), used))
+    # Then zero-padded or trimmed to a few shared widths: one compiled pair loop per group of layers.
+    widths = _pairs.group_widths([used for _, used in full], n)
+    out = []
+    for (basis, _), layer, width in zip(full, layers, widths):
+      if width != basis.w2.shape[0]:
+        basis = _Basis(*_resized(basis.a, basis.w2, width=width), None)
       if with_neurons:  # after trimming: k·d·n flops instead of min(n, d)·d·n
         basis = basis._replace(neurons=_neurons(basis.a, layer, width=widest))
       out.append(basis)

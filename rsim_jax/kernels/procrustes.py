@@ -153,8 +153,9 @@ def procrustes_all_pairs(layers_x, layers_y=None) -> ProcrustesResult:
 
   def factors(layers, name):
     out = []
-    for i, layer in enumerate(layers):
-      b, constant = _padded_factor(layer, width=_pairs.bucket_width(min(layer.shape), n))
+    widths = _pairs.group_widths([min(layer.shape) for layer in layers], n)
+    for i, (layer, width) in enumerate(zip(layers, widths)):
+      b, constant = _padded_factor(layer, width=width)
       if bool(constant):
         raise _constant_layer_error(f"{name}[{i}]")
       out.append(b)

@@ -96,7 +96,8 @@ def test_closed_form_diagonal_equals_the_decomposition():
   xs = layers(5)
   n = xs[0].shape[0]
   factors = [
-      procrustes_module._padded_factor(x, width=_pairs.bucket_width(min(x.shape), n))[0] for x in xs
+      procrustes_module._padded_factor(x, width=w)[0]
+      for x, w in zip(xs, _pairs.group_widths([min(x.shape) for x in xs], n))
   ]
   decomposed = _pairs.all_pairs(factors, None, procrustes_module._pair)["similarity"]
   closed = _pairs.all_pairs(factors, None, procrustes_module._pair, self_pair=procrustes_module._self_pair)
@@ -121,3 +122,23 @@ def test_layers_split_over_a_mesh_split_the_pairs_over_its_devices(monkeypatch, 
   got = fn(split)
   assert len(calls) == 1 and calls[0][3].size == 8 and not local
   np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "widths, cap",
+    [
+        (np.geomspace(256, 2048, 20).round().astype(int).clip(max=2000).tolist(), 2000),
+        ([5, 5, 7, 90, 91, 300, 301, 302, 1000], 400),
+        ([64] * 4, 100),
+        ([17], 2000),
+    ],
+)
+def test_group_widths_pad_no_more_than_the_ladder(widths, cap):
+  got = _pairs.group_widths(widths, cap)
+  ladder = [_pairs.bucket_width(w, cap) for w in widths]
+  widths = [min(w, cap) for w in widths]
+  assert all(w <= g <= cap and (g % 32 == 0 or g == cap) for w, g in zip(widths, got))
+  assert len(set(got)) <= len(set(ladder))  # no more compiled pair loops than the ladder's groups
+  order = np.argsort(widths, kind="stable")
+  assert np.all(np.diff(np.asarray(got)[order]) >= 0)  # groups are contiguous in width
+  assert sum(g**3 for g in got) <= sum(g**3 for g in ladder)
