@@ -56,13 +56,17 @@ def _models_cka(args, mesh, sample_size: int):
   return (comparison.cross if args.y else comparison.within[0]), comparison.samples
 
 
-def _index_matrices(args, samples, out, x_name: str, y_name: str) -> None:
-  """Each `--index` on the sample (`samples`: one or two dicts layer name → `(m, ...)`): NAME.json, NAME.png."""
+def _index_matrices(args, samples, out, x_name: str, y_name: str, mesh=None) -> None:
+  """Each `--index` on the sample (`samples`: one or two dicts layer name → `(m, ...)`): NAME.json, NAME.png.
+  With a `mesh` of several devices the sample is placed whole on each of them (every host fills its own), so
+  that the indices' pair loops split over all devices of all hosts instead of each host repeating them."""
   import numpy as np
 
-  from rsim_jax import io, plotting
+  from rsim_jax import io, parallel, plotting
   from rsim_jax.analysis import indices
 
+  if mesh is not None and mesh.size > 1:
+    samples = tuple(parallel.replicate(sample, mesh) for sample in samples)
   sample_x, sample_y = samples[0], (samples[1] if len(samples) > 1 else None)
   x_names, y_names = list(sample_x), list(sample_y if sample_y is not None else sample_x)
   n = len(next(iter(sample_x.values())))
@@ -136,7 +140,7 @@ def cmd_cka(args) -> int:
     if io.is_writer():
       print(f"wrote {out / 'cka_stderr.png'}")
   if args.index:
-    _index_matrices(args, samples, out, x_name, y_name)
+    _index_matrices(args, samples, out, x_name, y_name, mesh=parallel.data_mesh() if sharded else None)
   io.barrier("rsim cka written")
   return 0
 

@@ -10,7 +10,8 @@ each with `local_devices` simulated CPU devices and gloo CPU collectives, joined
   2. reload the trained model and its initialisation and extract all-layer within- and cross-model CKA,
      a streamed PCA, a random sample of activations and every prediction (`extract.compare_models` on a mesh
      over all devices of all processes, the last batch padded and masked);
-  3. run `rsim cka RUN --sharded` (trained model) and `rsim cka X.npz --sharded` (stored activations);
+  3. run `rsim cka RUN --sharded` (trained model) and `rsim cka X.npz --sharded --index procrustes` (stored
+     activations; the Procrustes pairs split over every device of every process);
   4. record every file each process opened for writing (a Python audit hook), so that a test can check that
      only process 0 writes results.
 
@@ -157,7 +158,9 @@ def scenario(workdir: str) -> dict:
   np.savez(buffer, **acts)
   io.write_bytes(npz, buffer.getvalue())
   io.barrier("activations written")
-  cli.main(["cka", npz, "--sharded", "--batch-size", "5", "--out", os.path.join(workdir, "cli_npz")])
+  # With an index whose pair loops split over the devices of every host (`kernels._pairs`).
+  cli.main(["cka", npz, "--sharded", "--batch-size", "5", "--index", "procrustes", "--out",
+            os.path.join(workdir, "cli_npz")])
 
   report = {
       "process_count": jax.process_count(),
@@ -334,6 +337,11 @@ def compare(multi_dir: str, single_dir: str) -> dict:
     with open(os.path.join(single_dir, name, "cka.json")) as f:
       b = json.load(f)
     out[f"{name}_cka"] = _relative_error(a["cka"], b["cka"])
+  with open(os.path.join(multi_dir, "cli_npz", "procrustes.json")) as f:
+    a = json.load(f)
+  with open(os.path.join(single_dir, "cli_npz", "procrustes.json")) as f:
+    b = json.load(f)
+  out["cli_npz_procrustes"] = _relative_error(a["matrix"], b["matrix"])
   metric_keys = ("loss", "accuracy")
   out["metrics"] = max(
       (_relative_error(m[k], s[k]) for m, s in zip(multi["metrics"], single["metrics"]) for k in metric_keys

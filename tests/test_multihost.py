@@ -24,7 +24,7 @@ def test_two_processes_train_resume_and_extract_like_one(tmp_path):
   assert (single["process_count"], single["device_count"]) == (1, 8)
   # The same numbers, ≤ 1e-5 relative (measured: ~2e-8 for the parameters, ~3e-7 for CKA).
   for key in ("params", "cka_within_trained", "cka_within_initial", "cka_cross", "pca_eigenvalues", "sample",
-              "cli_model_cka", "cli_npz_cka", "metrics"):
+              "cli_model_cka", "cli_npz_cka", "cli_npz_procrustes", "metrics"):
     assert result[key] <= 1e-5, (key, result[key])
   assert result["predictions_equal"] and result["sample_positions_equal"]
   # Every example of the 360-image split once: 23 batches of 16 per device (8 × 16 = 128 per global batch, the
@@ -39,7 +39,7 @@ def test_two_processes_train_resume_and_extract_like_one(tmp_path):
   assert result["writes"][1] == []
   expected = {"model/config.json", "model/run_info.json", "model/metrics.jsonl", "model/final_metrics.json",
               "params.npz", "rehearsal.json", "cli_model/cka.json", "cli_model/cka.png", "cli_npz/cka.json",
-              "cli_npz/cka.png", "activations.npz"}
+              "cli_npz/cka.png", "cli_npz/procrustes.json", "cli_npz/procrustes.png", "activations.npz"}
   assert set(result["writes"][0]) == expected
   assert set(result["files"]["multi"]) == set(result["files"]["single"]) == expected
   assert rehearse.check(result) == []

@@ -185,8 +185,8 @@ _task_program = jax.jit(_pair_loop, static_argnames=("pair_fn", "both"))
 
 @functools.partial(jax.jit, static_argnames=("pair_fn", "both", "mesh"))
 def _tasks_program_over_devices(pair_fn, both, mesh, stacks_x, stacks_y, indices_x, indices_y):
-  """`_tasks_program` with each task's pair list split evenly over every device of `mesh` (the factors are
-  whole on every device); the results are gathered back onto every device."""
+  """Every task's pair loop in one program, each task's pair list split evenly over the devices of `mesh` (the
+  factors are whole on every device); the results are gathered back onto every device."""
   axes = tuple(mesh.axis_names)
 
   def local(sx, sy, ix, iy):
@@ -291,7 +291,8 @@ def _run_local(tasks: list[_Task], pair_fn, both: bool, workers: int) -> list:
       part = jax.tree.map(lambda v, n=len(positions): np.asarray(v)[:n], results[t])
       if merged is None:
         merged = jax.tree.map(lambda v: np.zeros((len(task.index_x),) + v.shape[1:], v.dtype), part)
-      jax.tree.map(lambda whole, values, p=positions: whole.__setitem__(p, values), merged, part)
+      for whole, values in zip(jax.tree.leaves(merged), jax.tree.leaves(part)):
+        whole[positions] = values
     out.append(merged)
   return out
 
@@ -331,8 +332,8 @@ def _blas_threads(limit: int):
 
 def _run(tasks: list[_Task], pair_fn, both: bool) -> list:
   """Every task's `(forward, backward)` as NumPy pytrees of `(len(task.index_x),)` arrays: spread over the
-  devices of the mesh the factors span, or over the cores of the one CPU device they sit on, or run in one
-  program on a single accelerator."""
+  devices of the mesh the factors span, or over the cores of the one CPU device they sit on, or one task after
+  another on a single accelerator."""
   mesh = _mesh_of(tasks[0].stack_x)
   if mesh is not None:
     return _run_on_mesh(tasks, pair_fn, both, mesh)
