@@ -262,8 +262,8 @@ def _run_local(tasks: list[_Task], pair_fn, both: bool, workers: int) -> list:
   shares = _assign(tasks, workers)
   programs = []
   for task in tasks:
-    index = jnp.zeros(len(task.index_x), jnp.int32)
-    lowered = _task_program.lower(pair_fn, both, task.stack_x, task.stack_y, index, index, jnp.int32(0))
+    index = np.zeros(len(task.index_x), np.int32)  # NumPy: shapes only, no device program to make them
+    lowered = _task_program.lower(pair_fn, both, task.stack_x, task.stack_y, index, index, np.int32(0))
     programs.append(lowered.compile())
 
   def execute(share):
@@ -271,8 +271,8 @@ def _run_local(tasks: list[_Task], pair_fn, both: bool, workers: int) -> list:
     for t, positions in enumerate(share):
       if len(positions):
         task = tasks[t]
-        padded = lambda index: jnp.asarray(np.resize(index[positions], len(index)), jnp.int32)
-        count = jnp.int32(len(positions))
+        padded = lambda index: np.resize(index[positions], len(index)).astype(np.int32)
+        count = np.int32(len(positions))
         results[t] = programs[t](task.stack_x, task.stack_y, padded(task.index_x), padded(task.index_y), count)
     return jax.device_get(results)
 
