@@ -256,8 +256,9 @@ def _run_local(tasks: list[_Task], pair_fn, both: bool, workers: int) -> list:
 
   The programs are compiled here, in the calling thread: tracing reads thread-local settings
   (`jax.enable_x64`, `jax.default_matmul_precision`) that worker threads would not see; the threads only
-  execute. SciPy's OpenBLAS, which XLA:CPU calls for QR, SVD and eigh, is held to one thread meanwhile, so
-  that the workers do not oversubscribe the cores.
+  execute. SciPy's OpenBLAS, which XLA:CPU calls for QR, SVD and eigh, is held to one thread meanwhile (for
+  the whole process: other threads' BLAS calls too, for those seconds), so that the workers do not
+  oversubscribe the cores, and with one worker too, so that the values are the same bits for any number.
   """
   shares = _assign(tasks, workers)
   programs = []
@@ -276,11 +277,12 @@ def _run_local(tasks: list[_Task], pair_fn, both: bool, workers: int) -> list:
         results[t] = programs[t](task.stack_x, task.stack_y, padded(task.index_x), padded(task.index_y), count)
     return jax.device_get(results)
 
-  if workers == 1:
-    per_worker = [execute(shares[0])]
-  else:
-    with _blas_threads(1), concurrent.futures.ThreadPoolExecutor(workers) as pool:
-      per_worker = list(pool.map(execute, shares))
+  with _blas_threads(1):  # with one worker too, so that the values do not depend on the number of workers
+    if workers == 1:
+      per_worker = [execute(shares[0])]
+    else:
+      with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        per_worker = list(pool.map(execute, shares))
   out = []
   for t, task in enumerate(tasks):
     merged = None
@@ -360,7 +362,8 @@ def all_pairs(
 
   The pairs are independent, so they are spread out (`_run`): over the devices of the mesh the factors live
   on (a `shard_map` over each group's pair list), or over the CPU's cores (threads, each running its share of
-  the pairs, balanced by cost). The results do not depend on how they were spread.
+  the pairs, balanced by cost). The results do not depend on how they were spread: on a CPU not even in the
+  last bit, since each pair is the same program on one BLAS thread whichever worker runs it.
   """
   symmetric = factors_y is None
   groups_x = _groups(factors_x)
