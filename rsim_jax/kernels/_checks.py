@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rsim_jax.kernels import _sharding
+
 
 def is_concrete(x: Any) -> bool:
   """True when `x` holds values now (not a tracer inside `jit`/`vmap`/`grad`)."""
@@ -71,10 +73,8 @@ _all_finite_jit = jax.jit(lambda x: jnp.all(jnp.isfinite(x)))
 def _all_finite(x: jax.Array) -> bool:
   """On one CPU device NumPy reads the buffer in place (no compilation per new shape, which costs more than the
   check); elsewhere one jitted reduction."""
-  if isinstance(x, jax.Array):
-    devices = x.devices()
-    if len(devices) == 1 and next(iter(devices)).platform == "cpu":
-      return bool(np.isfinite(np.asarray(x)).all())
+  if _sharding.on_one_cpu_device(x):
+    return bool(np.isfinite(np.asarray(x)).all())
   return bool(_all_finite_jit(x))
 
 

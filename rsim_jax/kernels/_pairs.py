@@ -216,8 +216,7 @@ def cpu_workers(stack) -> int:
   device (XLA:CPU runs a program's LAPACK calls one after another on one thread, and a values-only SVD is
   mostly matrix–vector work that more BLAS threads barely speed up), else 1 (an accelerator runs one program
   at a time, and dispatch is asynchronous anyway)."""
-  devices = jax.tree.leaves(stack)[0].devices()
-  if len(devices) != 1 or next(iter(devices)).platform != "cpu":
+  if not _sharding.on_one_cpu_device(jax.tree.leaves(stack)[0]):
     return 1
   try:
     cores = len(os.sched_getaffinity(0))

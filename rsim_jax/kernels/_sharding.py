@@ -53,6 +53,15 @@ def sharding(x: jax.Array, *spec) -> NamedSharding:
   return NamedSharding(mesh, P(*spec))
 
 
+def on_one_cpu_device(x) -> bool:
+  """True when `x` is a concrete array held by a single CPU device (host memory: NumPy can read it in place,
+  and XLA:CPU's LAPACK calls go through SciPy's OpenBLAS)."""
+  if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+    return False
+  devices = x.devices()
+  return len(devices) == 1 and next(iter(devices)).platform == "cpu"
+
+
 def replicated(x: jax.Array) -> jax.Array:
   """`x` whole on every device (an all-gather) when it is split over Explicit axes, else `x` unchanged."""
   if not is_split(x):
